@@ -1,0 +1,233 @@
+//! The command line: `serve`, `check`, `hook-path`, `sign` and `dev`.
+
+use crate::config::Settings;
+use crate::edge::{self, RunOptions};
+use crate::hook_path::flux_hook_path;
+use crate::relay::kube::{load_config, KubeApi};
+use crate::secret::Secret;
+use crate::verify::{signature, Algorithm, ReceiverType};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fluxgate",
+    version,
+    about = "The public edge for Flux webhook receivers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "FLUXGATE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Take the listening sockets over from the running fluxgate (send it SIGQUIT).
+        #[arg(long, short = 'u')]
+        upgrade: bool,
+    },
+    /// Validate the configuration, secrets and certificate, and reach the Kubernetes API.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Do not contact the Kubernetes API.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Print the Flux-compatible hook path of a receiver.
+    HookPath {
+        #[command(flatten)]
+        token: SecretArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        namespace: String,
+    },
+    /// Print the header a provider would send for the body on standard input.
+    Sign {
+        #[arg(long = "type")]
+        kind: String,
+        #[command(flatten)]
+        secret: SecretArgs,
+        /// sha1, sha256 or sha512 (HMAC types only).
+        #[arg(long, default_value = "sha256")]
+        algorithm: String,
+    },
+    /// Everything on localhost with no cluster: a self-signed certificate, an in-memory
+    /// stand-in of the Kubernetes API holding a few Flux objects, and a ready-to-paste curl.
+    Dev(crate::dev::DevOptions),
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct SecretArgs {
+    /// File holding the token (trailing line breaks are ignored).
+    #[arg(long, alias = "secret-file")]
+    token_file: Option<PathBuf>,
+    /// Environment variable holding the token.
+    #[arg(long, alias = "secret-env")]
+    token_env: Option<String>,
+}
+
+impl SecretArgs {
+    fn load(&self) -> Result<Secret, String> {
+        match (&self.token_file, &self.token_env) {
+            (Some(f), _) => Secret::from_file(f).map_err(|e| format!("--token-file: {e}")),
+            (None, Some(v)) => Secret::from_env(v).map_err(|e| format!("--token-env: {e}")),
+            (None, None) => Err("give --token-file or --token-env".into()),
+        }
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Serve { config, upgrade } => serve(&config, RunOptions { upgrade }),
+        Command::Check { config, offline } => check(&config, offline),
+        Command::HookPath {
+            token,
+            name,
+            namespace,
+        } => token
+            .load()
+            .map(|t| println!("{}", flux_hook_path(t.expose(), &name, &namespace))),
+        Command::Sign {
+            kind,
+            secret,
+            algorithm,
+        } => sign(&kind, &secret, &algorithm),
+        Command::Dev(opts) => crate::dev::run(opts),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("fluxgate: {e}");
+            1
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+    };
+}
+
+fn one_shot_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+/// Loads everything `serve` needs, so `serve`, `check` and `dev` fail the same way.
+pub fn prepare(config: &Path) -> Result<(Settings, kube::Config), String> {
+    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    let k = &settings.kubernetes;
+    let kube = one_shot_runtime()?
+        .block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout))
+        .map_err(|e| format!("kubernetes.kubeconfig: {}: {e}", k.kubeconfig.display()))?;
+    Ok((settings, kube))
+}
+
+pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
+    let (settings, kube) = prepare(config)?;
+    if !opts.upgrade {
+        edge::check_bind(&settings)?;
+    }
+    edge::run(settings, kube, opts)
+}
+
+fn check(config: &Path, offline: bool) -> Result<(), String> {
+    let (settings, kube) = prepare(config)?;
+    let url = kube.cluster_url.to_string();
+    println!("configuration {}: ok", config.display());
+    for w in &settings.warnings {
+        println!("warning: {w}");
+    }
+    for r in &settings.receivers {
+        println!(
+            "receiver {}/{} ({}): {} → {} target(s)",
+            r.namespace,
+            r.name,
+            r.kind,
+            r.path,
+            r.targets.len()
+        );
+    }
+    if offline {
+        return Ok(());
+    }
+    let api = KubeApi::new(kube);
+    one_shot_runtime()?
+        .block_on(api.check_reachable())
+        .map_err(|e| format!("kubernetes: {url}: {e}"))?;
+    println!("kubernetes API {url}: reachable with the configured credentials");
+    Ok(())
+}
+
+fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> {
+    let kind: ReceiverType = kind.parse().map_err(|e| format!("--type: {e}"))?;
+    let algorithm: Algorithm = algorithm.parse().map_err(|e| format!("--algorithm: {e}"))?;
+    let secret = secret.load()?;
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .map_err(|e| format!("cannot read the body from standard input: {e}"))?;
+    let mac = || {
+        format!(
+            "{}={}",
+            algorithm.as_str(),
+            signature::sign(algorithm, secret.expose(), &body)
+        )
+    };
+    let header =
+        match kind {
+            ReceiverType::Github if algorithm == Algorithm::Sha256 => {
+                format!("X-Hub-Signature-256: {}", mac())
+            }
+            ReceiverType::Github | ReceiverType::Bitbucket => format!("X-Hub-Signature: {}", mac()),
+            ReceiverType::GenericHmac => format!("X-Signature: {}", mac()),
+            ReceiverType::Gitlab => format!(
+                "X-Gitlab-Token: {}",
+                String::from_utf8_lossy(secret.expose())
+            ),
+            ReceiverType::Generic => return Err(
+                "--type generic: a generic receiver has no signature; its path is the credential"
+                    .into(),
+            ),
+        };
+    println!("{header}");
+    Ok(())
+}

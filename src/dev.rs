@@ -1,0 +1,173 @@
+//! `fluxgate dev`: the whole path of a delivery on one machine with nothing else installed.
+//! A self-signed certificate, a stand-in Kubernetes API holding a few Flux objects, a receiver
+//! configuration written to a folder, and a signed `curl` to paste.
+
+use crate::edge::{self, RunOptions};
+use crate::hook_path::flux_hook_path;
+use crate::verify::{signature, Algorithm};
+use kube_standin::{Config as ApiConfig, Rule, StandIn};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The sample delivery: a real GitHub push payload (octokit/webhooks, MIT; see
+/// tests/fixtures/NOTICE.md).
+const PUSH: &[u8] = include_bytes!("../tests/fixtures/github/push.json");
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:flux-system:fluxgate";
+
+#[derive(clap::Args, Debug)]
+pub struct DevOptions {
+    /// The gateway's HTTPS listener.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// The admin listener (/healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9102")]
+    admin_listen: SocketAddr,
+    /// Where to write the certificate, secrets, kubeconfig and configuration
+    /// (default: a new folder under the system's temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn random_hex(n: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; n];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut buf)
+        .map_err(|_| "no system randomness".to_string())?;
+    Ok(hex::encode(buf))
+}
+
+fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, String> {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+fn flux_objects() -> Vec<serde_json::Value> {
+    let labels = json!({"app.kubernetes.io/part-of": "podinfo"});
+    vec![
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+               "metadata": {"name": "podinfo", "namespace": "flux-system", "labels": labels},
+               "spec": {"url": "https://github.com/stefanprodan/podinfo", "interval": "10m"}}),
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+               "metadata": {"name": "podinfo", "namespace": "flux-system", "labels": labels},
+               "spec": {"path": "./kustomize", "interval": "10m", "prune": true}}),
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+               "metadata": {"name": "podinfo-extras", "namespace": "flux-system", "labels": labels},
+               "spec": {"path": "./extras", "interval": "10m", "prune": true}}),
+    ]
+}
+
+pub fn run(opts: DevOptions) -> Result<(), String> {
+    let dir = match opts.dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("fluxgate-dev-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let cert_path = write(&dir, "tls.crt", cert.cert.pem())?;
+    write(&dir, "tls.key", cert.key_pair.serialize_pem())?;
+
+    let sa_token = random_hex(32)?;
+    let mut api = ApiConfig::new().user(&sa_token, SERVICE_ACCOUNT).allow(
+        SERVICE_ACCOUNT,
+        Rule::new(
+            &["get", "list", "patch"],
+            &["source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io"],
+            &["gitrepositories", "kustomizations"],
+        )
+        .in_namespaces(&["flux-system"]),
+    );
+    for o in flux_objects() {
+        api = api.object(o);
+    }
+    let standin = StandIn::start(api).map_err(|e| format!("cannot start the stand-in API: {e}"))?;
+    let kubeconfig = dir.join("kubeconfig");
+    standin
+        .write_kubeconfig(&kubeconfig, &sa_token)
+        .map_err(|e| format!("cannot write {}: {e}", kubeconfig.display()))?;
+
+    // The same token format `flux create secret receiver` generates.
+    let token = random_hex(32)?;
+    let token_path = write(&dir, "webhook-token", &token)?;
+    let config = format!(
+        r#"# Written by `fluxgate dev`. Every key is explained in config/fluxgate.toml.
+[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+tls_cert = "{dir}/tls.crt"
+tls_key = "{dir}/tls.key"
+
+[kubernetes]
+kubeconfig = "{dir}/kubeconfig"
+
+[[receivers]]
+name = "github-receiver"
+namespace = "flux-system"
+type = "github"
+events = ["ping", "push"]
+secret_file = "{token}"
+resources = [
+  {{ kind = "GitRepository", name = "podinfo" }},
+  {{ kind = "Kustomization", apiVersion = "kustomize.toolkit.fluxcd.io/v1", name = "*", matchLabels = {{ "app.kubernetes.io/part-of" = "podinfo" }} }},
+]
+"#,
+        listen = opts.listen,
+        admin = opts.admin_listen,
+        dir = dir.display(),
+        token = token_path.display(),
+    );
+    let config_path = write(&dir, "fluxgate.toml", config)?;
+    let body_path = write(&dir, "push.json", PUSH)?;
+
+    let (settings, kube) = crate::cli::prepare(&config_path)?;
+    edge::check_bind(&settings)?;
+
+    let hook = flux_hook_path(token.as_bytes(), "github-receiver", "flux-system");
+    let sig = signature::sign(Algorithm::Sha256, token.as_bytes(), PUSH);
+    println!(
+        "\nfluxgate dev: the whole delivery path on this machine, no cluster needed.\n\n\
+         gateway     https://{listen}{hook}\n\
+         admin       http://{admin}/readyz\n\
+         stand-in    Kubernetes API at {api}, holding GitRepository flux-system/podinfo and\n            \
+         Kustomizations flux-system/podinfo, flux-system/podinfo-extras\n\
+         files       {dir} (configuration: fluxgate.toml)\n\n\
+         Send a signed GitHub push from another terminal:\n\n  \
+         curl --cacert {cert} -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' \\\n    \
+         -H 'X-GitHub-Delivery: 11111111-2222-3333-4444-555555555555' \\\n    \
+         -H 'X-Hub-Signature-256: sha256={sig}' \\\n    \
+         --data-binary @{body} https://{listen}{hook}\n\n\
+         The stand-in API prints each patch it accepts below. Stop with Ctrl-C.\n",
+        listen = opts.listen,
+        admin = opts.admin_listen,
+        api = standin.url(),
+        dir = dir.display(),
+        cert = cert_path.display(),
+        body = body_path.display(),
+    );
+    std::thread::spawn(move || report_patches(standin));
+    edge::run(settings, kube, RunOptions::default())
+}
+
+/// Shows what reached the API, so a new user sees the delivery arrive at the cluster side.
+fn report_patches(standin: StandIn) {
+    let mut seen = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let reqs = standin.requests();
+        for r in reqs.iter().skip(seen) {
+            if r.method == "PATCH" {
+                let body = String::from_utf8_lossy(&r.body);
+                println!(
+                    "stand-in API: {} {} -> {} {}",
+                    r.method, r.path, r.status, body
+                );
+            }
+        }
+        seen = reqs.len();
+    }
+}

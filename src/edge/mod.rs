@@ -1,0 +1,99 @@
+//! The pingora server: the public TLS listener for hooks and the private admin listener.
+
+pub mod admin;
+pub mod answer;
+pub mod hook;
+pub mod tls;
+
+use crate::config::Settings;
+use crate::relay::kube::KubeApi;
+use crate::relay::Relay;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::Arc;
+
+/// Options of one `serve` run that are not part of the configuration file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running fluxgate (pingora's graceful upgrade).
+    pub upgrade: bool,
+}
+
+/// Checks that the listeners can bind before handing them to pingora, which would only log a
+/// bind failure from inside its runtime.
+pub fn check_bind(settings: &Settings) -> Result<(), String> {
+    for (key, addr) in [
+        ("server.listen", settings.server.listen),
+        ("server.admin_listen", settings.server.admin_listen),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the gateway until a signal stops it. Never returns.
+pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+    let conf = ServerConf {
+        threads: settings.server.threads,
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let relay = Arc::new(Relay::new(KubeApi::new(kube)));
+    let limits = hook::Limits {
+        max_body_bytes: settings.server.max_body_bytes,
+        head_timeout: settings.server.head_timeout,
+        body_timeout: settings.server.body_timeout,
+    };
+    let app = hook::HookApp::new(&settings.receivers, relay.clone(), limits);
+    let mut hooks = Service::new("fluxgate hooks".to_string(), app);
+    let resolver = Arc::new(tls::CertResolver::new(
+        settings.server.certified_key.clone(),
+    ));
+    let mut tls = match TlsSettings::intermediate("", "") {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("cannot set up TLS: {e}");
+            std::process::exit(1);
+        }
+    };
+    tls.set_cert_resolver(resolver);
+    tls.set_alpn(ALPN::H1);
+    hooks.add_tls_with_settings(&settings.server.listen.to_string(), None, tls);
+
+    let mut admin = Service::new(
+        "fluxgate admin".to_string(),
+        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(relay)),
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&settings.server.admin_listen.to_string());
+
+    for r in &settings.receivers {
+        tracing::info!(
+            receiver = %format!("{}/{}", r.namespace, r.name),
+            r#type = %r.kind,
+            targets = r.targets.len(),
+            "receiver ready"
+        );
+    }
+    tracing::info!(
+        listen = %settings.server.listen,
+        admin = %settings.server.admin_listen,
+        receivers = settings.receivers.len(),
+        "fluxgate serving"
+    );
+    server.add_service(hooks);
+    server.add_service(admin);
+    server.run_forever()
+}

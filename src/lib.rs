@@ -1,0 +1,17 @@
+//! fluxgate: the public edge for Flux webhook receivers.
+//!
+//! The modules follow one delivery: configuration is loaded once ([`config`]), the edge accepts
+//! TLS and routes the request ([`edge`]), the receiver's verifier checks it ([`verify`]), and the
+//! relay asks the Kubernetes API to reconcile the targets ([`relay`]).
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod edge;
+pub mod hook_path;
+pub mod refusal;
+pub mod relay;
+pub mod secret;
+pub mod verify;

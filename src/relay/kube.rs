@@ -1,0 +1,159 @@
+//! The Kubernetes API, through kube-rs, with the service account's kubeconfig.
+
+use super::target::Target;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// The annotation Flux controllers watch to reconcile out of schedule.
+pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+
+/// Why the API server did not take a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// It answered with a Kubernetes `Status` error (403 Forbidden, 404 NotFound, …).
+    Refused {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// It could not be reached or did not answer in time.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Refused {
+                code,
+                reason,
+                message,
+            } => write!(f, "{code} {reason}: {message}"),
+            ApiError::Unreachable(e) => write!(f, "unreachable: {e}"),
+        }
+    }
+}
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => ApiError::Refused {
+                code: s.code,
+                reason: s.reason.clone(),
+                message: one_line(&s.message),
+            },
+            other => ApiError::Unreachable(one_line(&error_chain(&other))),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads and checks the kubeconfig. This needs no runtime of its own beyond the call, so it can
+/// run before the server starts and stop start-up on a bad file.
+pub async fn load_config(
+    path: &Path,
+    context: Option<&str>,
+    timeout: Duration,
+) -> Result<kube::Config, String> {
+    let kc = Kubeconfig::read_from(path).map_err(|e| error_chain(&e))?;
+    let opts = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &opts)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    cfg.connect_timeout = Some(timeout.min(Duration::from_secs(5)));
+    cfg.read_timeout = Some(timeout);
+    cfg.write_timeout = Some(timeout);
+    // Retries are the relay's decision, so a refused patch is reported at once.
+    cfg.default_retry = false;
+    Ok(cfg)
+}
+
+/// A client made on first use: kube's client spawns its worker on the runtime that builds it,
+/// which must be the server's, not a throwaway one from start-up.
+pub struct KubeApi {
+    config: kube::Config,
+    client: OnceCell<Client>,
+}
+
+impl KubeApi {
+    pub fn new(config: kube::Config) -> Self {
+        KubeApi {
+            config,
+            client: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<Client, ApiError> {
+        self.client
+            .get_or_try_init(|| async { Client::try_from(self.config.clone()) })
+            .await
+            .cloned()
+            .map_err(ApiError::from)
+    }
+
+    fn api(client: Client, target: &Target) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(&target.group, &target.version, &target.kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, &target.plural);
+        Api::namespaced_with(client, &target.namespace, &ar)
+    }
+
+    /// An authenticated call that any account may make: it proves the credentials work.
+    pub async fn check_reachable(&self) -> Result<(), ApiError> {
+        self.client().await?.list_core_api_versions().await?;
+        Ok(())
+    }
+
+    /// A JSON merge patch of the annotation alone, on the main resource, as Flux sends it.
+    pub async fn request_reconcile(
+        &self,
+        target: &Target,
+        name: &str,
+        requested_at: &str,
+    ) -> Result<(), ApiError> {
+        let patch = json!({"metadata": {"annotations": {REQUESTED_AT: requested_at}}});
+        Self::api(self.client().await?, target)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn list_names(
+        &self,
+        target: &Target,
+        selector: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let list = Self::api(self.client().await?, target)
+            .list(&ListParams::default().labels(selector))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect())
+    }
+}

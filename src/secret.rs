@@ -1,0 +1,83 @@
+//! Receiver secrets: read from a file or an environment variable, never from the main
+//! configuration file, kept in memory that is wiped on drop and never printed.
+
+use secrecy::{ExposeSecret, SecretSlice};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A receiver token. `Debug` shows nothing of it; comparisons go through `subtle`.
+#[derive(Clone)]
+pub struct Secret(Arc<SecretSlice<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(Arc::new(SecretSlice::from(bytes)))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    /// Reads a secret file. Trailing line breaks are dropped: editors and `echo` add them, and a
+    /// provider's secret field cannot hold one, so keeping it would only break every signature.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_bytes(bytes)
+    }
+
+    pub fn from_env(var: &str) -> Result<Self, String> {
+        match std::env::var_os(var) {
+            Some(v) => Self::from_bytes(v.into_encoded_bytes()),
+            None => Err(format!("environment variable {var} is not set")),
+        }
+    }
+
+    fn from_bytes(mut bytes: Vec<u8>) -> Result<Self, String> {
+        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(Self::new(bytes))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_newlines_are_not_part_of_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "test-token\r\n\n").unwrap();
+        assert_eq!(Secret::from_file(&p).unwrap().expose(), b"test-token");
+    }
+
+    #[test]
+    fn empty_and_missing_secrets_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "\n").unwrap();
+        assert_eq!(Secret::from_file(&p).unwrap_err(), "the secret is empty");
+        assert!(Secret::from_file(&dir.path().join("nope"))
+            .unwrap_err()
+            .starts_with("cannot read"));
+        assert!(Secret::from_env("FLUXGATE_TEST_SURELY_UNSET").is_err());
+    }
+
+    #[test]
+    fn debug_does_not_show_the_secret() {
+        let s = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+    }
+}

@@ -1,0 +1,349 @@
+//! Test harness: the real `fluxgate` binary on a loopback TLS listener, talking to the
+//! stand-in Kubernetes API, driven by real HTTPS clients.
+#![allow(dead_code)]
+
+use kube_standin::{Config as ApiConfig, Recorded, Rule, StandIn};
+use serde_json::json;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SA_TOKEN: &str = "sa-token-for-tests";
+pub const SA_USER: &str = "system:serviceaccount:flux-system:fluxgate";
+pub const BIN: &str = env!("CARGO_BIN_EXE_fluxgate");
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Flux objects every test cluster holds.
+pub fn flux_objects() -> Vec<serde_json::Value> {
+    let git = |name: &str, app: &str| {
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+               "metadata": {"name": name, "namespace": "flux-system", "labels": {"app": app},
+                            "annotations": {"keep.example.com/me": "yes"}},
+               "spec": {"interval": "10m", "url": "https://example.com/repo.git"}})
+    };
+    vec![
+        git("app", "web"),
+        git("other", "web"),
+        git("lonely", "db"),
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+               "metadata": {"name": "app", "namespace": "flux-system", "labels": {"app": "web"}},
+               "spec": {"interval": "10m", "path": "./", "prune": true}}),
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+               "metadata": {"name": "app", "namespace": "apps"},
+               "spec": {"interval": "10m", "path": "./", "prune": true}}),
+    ]
+}
+
+/// The service account's RBAC: get/list/patch on sources and kustomizations in flux-system only.
+pub fn api_config() -> ApiConfig {
+    let mut c = ApiConfig::new().user(SA_TOKEN, SA_USER).allow(
+        SA_USER,
+        Rule::new(
+            &["get", "list", "patch"],
+            &["source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io"],
+            &["gitrepositories", "kustomizations"],
+        )
+        .in_namespaces(&["flux-system"]),
+    );
+    for o in flux_objects() {
+        c = c.object(o);
+    }
+    c
+}
+
+/// A temporary folder with a certificate, secrets and a configuration being written.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub server_extra: String,
+    /// Whole sections (`[limits]`, `[ranges.x]`) appended after `[kubernetes]`.
+    pub sections: String,
+    receivers: Vec<String>,
+    pub cert_pem: String,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("tls.key"), cert.key_pair.serialize_pem()).unwrap();
+        Setup {
+            dir,
+            server_extra: String::new(),
+            sections: String::new(),
+            receivers: Vec::new(),
+            cert_pem: cert.cert.pem(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a secret file and returns its path.
+    pub fn secret(&self, name: &str, value: &str) -> PathBuf {
+        let p = self.path(&format!("{name}.secret"));
+        std::fs::write(&p, value).unwrap();
+        p
+    }
+
+    /// Adds a `[[receivers]]` table; `body` is its TOML lines.
+    pub fn receiver(mut self, body: &str) -> Self {
+        self.receivers.push(body.to_string());
+        self
+    }
+
+    pub fn server(mut self, lines: &str) -> Self {
+        self.server_extra.push_str(lines);
+        self.server_extra.push('\n');
+        self
+    }
+
+    pub fn section(mut self, text: &str) -> Self {
+        self.sections.push_str(text);
+        self.sections.push_str("\n\n");
+        self
+    }
+
+    pub fn config_text(&self, port: u16, admin: u16) -> String {
+        let d = self.dir.path().display();
+        let mut s = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+             tls_cert = \"{d}/tls.crt\"\ntls_key = \"{d}/tls.key\"\n{}\n\
+             [kubernetes]\nkubeconfig = \"{d}/kubeconfig\"\n\n{}",
+            self.server_extra, self.sections
+        );
+        for r in &self.receivers {
+            s.push_str("[[receivers]]\n");
+            s.push_str(r);
+            s.push_str("\n\n");
+        }
+        s
+    }
+
+    pub fn write_config(&self, port: u16, admin: u16) -> PathBuf {
+        let p = self.path("fluxgate.toml");
+        std::fs::write(&p, self.config_text(port, admin)).unwrap();
+        p
+    }
+
+    /// A kubeconfig for commands that never reach the API (`check --offline`).
+    pub fn offline_kubeconfig(&self) {
+        std::fs::write(
+            self.path("kubeconfig"),
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
+        )
+        .unwrap();
+    }
+
+    /// Starts a stand-in API with the default objects and RBAC, then the gateway.
+    pub fn start(self) -> Gateway {
+        let api = StandIn::start(api_config()).unwrap();
+        self.start_with(api)
+    }
+
+    pub fn start_with(self, api: StandIn) -> Gateway {
+        api.write_kubeconfig(&self.path("kubeconfig"), SA_TOKEN)
+            .unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = self.write_config(port, admin);
+        let log = self.path("gateway.log");
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            port,
+            admin,
+            api,
+            setup: self,
+            log,
+        };
+        gw.wait_healthy();
+        gw
+    }
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub port: u16,
+    pub admin: u16,
+    pub api: StandIn,
+    pub setup: Setup,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    fn wait_healthy(&mut self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("fluxgate exited with {status}: {}", self.logs());
+            }
+            if http_get(self.admin, "/healthz").is_some_and(|(s, _)| s == 200)
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("fluxgate did not become healthy: {}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        self.client_from("127.0.0.1")
+    }
+
+    /// A client whose connections come from `source`, an address in 127.0.0.0/8, standing in
+    /// for a distinct sender.
+    pub fn client_from(&self, source: &str) -> reqwest::Client {
+        install_crypto();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .local_address(Some(source.parse().unwrap()))
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.setup.cert_pem.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// POSTs `body` with `headers`; returns the status and the body text.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let mut rb = self.client().post(self.url(path)).body(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let r = rb.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub fn patches(&self) -> Vec<Recorded> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .collect()
+    }
+
+    pub fn annotation(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Option<String> {
+        self.api
+            .object(api_version, kind, ns, name)?
+            .pointer("/metadata/annotations/reconcile.fluxcd.io~1requestedAt")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET on the admin listener.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// HMAC header value `alg=hex` for `body`.
+pub fn sig(alg: &str, key: &str, body: &[u8]) -> String {
+    let a = alg.parse().unwrap();
+    format!(
+        "{alg}={}",
+        fluxgate::verify::signature::sign(a, key.as_bytes(), body)
+    )
+}
+
+pub fn hook(token: &str, name: &str, ns: &str) -> String {
+    fluxgate::hook_path::flux_hook_path(token.as_bytes(), name, ns)
+}
+
+/// A raw TLS connection to the gateway, for requests a normal client will not send.
+pub async fn raw_tls(
+    port: u16,
+    cert_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}

@@ -1,0 +1,215 @@
+//! Invalid configuration stops start-up with the key and the reason.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+/// Runs `fluxgate check --offline` and returns (success, stderr).
+fn check(config: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--offline", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+fn receiver(s: &Setup, name: &str, ty: &str, secret: &str, resources: &str) -> String {
+    format!(
+        "name = \"{name}\"\nnamespace = \"flux-system\"\ntype = \"{ty}\"\nsecret_file = \"{}\"\nresources = {resources}",
+        s.secret(name, secret).display()
+    )
+}
+
+const APP: &str = "[{ kind = \"GitRepository\", name = \"app\" }]";
+
+fn fails_with(s: Setup, expected: &[&str]) {
+    s.offline_kubeconfig();
+    let cfg = s.write_config(8443, 9102);
+    let (ok, out) = check(&cfg, &[]);
+    assert!(!ok, "should fail: {out}");
+    for e in expected {
+        assert!(out.contains(e), "expected {e:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_good_configuration_passes_and_prints_the_path() {
+    let s = Setup::new();
+    let r = receiver(&s, "receiver-secret", "github", "test-token", APP)
+        .replace("flux-system", "my-namespace");
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("/hook/106120121d366c2f67e93200f6c1dbe938235eb588daa5e8c0516d3a77ac1dee"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_file() {
+    let (ok, out) = check(std::path::Path::new("/nonexistent/fluxgate.toml"), &[]);
+    assert!(!ok);
+    assert!(
+        out.contains("--config: cannot read /nonexistent/fluxgate.toml"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_toml() {
+    let s = Setup::new();
+    let p = s.path("fluxgate.toml");
+    std::fs::write(&p, "[server\nlisten = ").unwrap();
+    let (ok, out) = check(&p, &[]);
+    assert!(!ok);
+    assert!(
+        out.contains(&p.display().to_string()) && out.contains("line 1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_receiver_type() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "githib", "t", APP);
+    fails_with(s.receiver(&r), &["receivers[0].type: unknown receiver type \"githib\"; supported types are generic, generic-hmac, github, gitlab, bitbucket"]);
+}
+
+#[test]
+fn empty_secret() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "\n", APP);
+    fails_with(
+        s.receiver(&r),
+        &["receivers[0].secret_file: the secret is empty"],
+    );
+}
+
+#[test]
+fn unreadable_or_unset_secret() {
+    let s = Setup::new();
+    let r = format!("name = \"r\"\nnamespace = \"flux-system\"\ntype = \"gitlab\"\nsecret_env = \"FLUXGATE_TEST_UNSET_VAR\"\nresources = {APP}");
+    fails_with(
+        s.receiver(&r),
+        &["receivers[0].secret_env: environment variable FLUXGATE_TEST_UNSET_VAR is not set"],
+    );
+}
+
+#[test]
+fn resource_with_no_name() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "t", "[{ kind = \"GitRepository\" }]");
+    fails_with(s.receiver(&r), &["receivers[0].resources[0].name: missing"]);
+}
+
+#[test]
+fn wildcard_without_labels_and_kind_without_default_api_version() {
+    let s = Setup::new();
+    let r = receiver(
+        &s,
+        "r",
+        "github",
+        "t",
+        "[{ kind = \"GitRepository\", name = \"*\" }, { kind = \"HelmRelease\", name = \"x\" }]",
+    );
+    fails_with(
+        s.receiver(&r),
+        &[
+            "receivers[0].resources[0].matchLabels: name \"*\" needs matchLabels",
+            "receivers[0].resources[1].apiVersion: Flux has no default apiVersion for HelmRelease; set apiVersion = \"helm.toolkit.fluxcd.io/v2\"",
+        ],
+    );
+}
+
+#[test]
+fn bad_certificate() {
+    let s = Setup::new();
+    std::fs::write(s.path("tls.crt"), "not a certificate").unwrap();
+    let r = receiver(&s, "r", "github", "t", APP);
+    fails_with(
+        s.receiver(&r),
+        &["server.tls_cert:", "holds no PEM certificate"],
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate() {
+    let s = Setup::new();
+    let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+    std::fs::write(s.path("tls.key"), other.key_pair.serialize_pem()).unwrap();
+    let r = receiver(&s, "r", "github", "t", APP);
+    fails_with(
+        s.receiver(&r),
+        &["server.tls_key:", "does not match the certificate"],
+    );
+}
+
+#[test]
+fn duplicate_receivers() {
+    let s = Setup::new();
+    let a = receiver(&s, "same", "github", "t1", APP);
+    let b = receiver(&s, "same", "gitlab", "t2", APP);
+    fails_with(s.receiver(&a).receiver(&b), &["receivers[1]: duplicate receiver flux-system/same: receivers[0] has the same namespace and name"]);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let s = Setup::new().server("listen_port = 8443");
+    let r = receiver(&s, "r", "github", "t", APP);
+    fails_with(s.receiver(&r), &["unknown field `listen_port`"]);
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "nope", "\n", "[{ kind = \"GitRepository\" }]");
+    fails_with(
+        s.receiver(&r),
+        &[
+            "receivers[0].type:",
+            "receivers[0].secret_file:",
+            "receivers[0].resources[0].name:",
+        ],
+    );
+}
+
+#[test]
+fn environment_overrides_are_validated_too() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "t", APP);
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    let cfg = s.write_config(8443, 9102);
+    let (ok, out) = check(&cfg, &[("FLUXGATE__SERVER__LISTEN", "not-an-address")]);
+    assert!(!ok);
+    assert!(
+        out.contains("server.listen: \"not-an-address\" is not an address"),
+        "{out}"
+    );
+    let (ok, out) = check(&cfg, &[("FLUXGATE__SERVER__MAX_BODY_BYTES", "1024")]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn hook_path_prints_the_flux_test_vector() {
+    let s = Setup::new();
+    let token = s.secret("t", "test-token\n");
+    let out = Command::new(BIN)
+        .args(["hook-path", "--token-file"])
+        .arg(&token)
+        .args(["--name", "receiver-secret", "--namespace", "my-namespace"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "/hook/106120121d366c2f67e93200f6c1dbe938235eb588daa5e8c0516d3a77ac1dee\n"
+    );
+}
