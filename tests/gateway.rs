@@ -145,7 +145,9 @@ async fn bad_signatures_and_tokens_get_401_and_reach_no_api() {
     let gw = s.receiver(&gh).receiver(&gl).start();
     let body = fixture("github/push.json");
     let gh_path = hook("right", "github-receiver", "flux-system");
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    // (what, extra headers, expected reason)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "wrong signature",
             vec![("X-Hub-Signature-256", sig("sha256", "wrong", &body))],
