@@ -100,6 +100,9 @@ impl SecretArgs {
 }
 
 pub fn main() -> i32 {
+    // One process-wide crypto provider, ring, before anything builds a TLS config: pingora
+    // installs it only when a listener starts, later than the kube and HTTP clients may need it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {

@@ -17,6 +17,10 @@ pub enum Cause {
     BadSignature,
     EventNotAccepted,
     BodyTimeout,
+    HeadTooLarge,
+    NotAllowed,
+    RateLimited,
+    Blocked,
 }
 
 impl Cause {
@@ -30,6 +34,10 @@ impl Cause {
             Cause::BadSignature => "bad_signature",
             Cause::EventNotAccepted => "event_not_accepted",
             Cause::BodyTimeout => "body_timeout",
+            Cause::HeadTooLarge => "head_too_large",
+            Cause::NotAllowed => "not_allowed",
+            Cause::RateLimited => "rate_limited",
+            Cause::Blocked => "blocked",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The private admin listener: liveness and readiness.
+//! The private admin listener: liveness, readiness and metrics.
 
 use crate::relay::Relay;
 use async_trait::async_trait;
@@ -51,11 +51,21 @@ impl ServeHttp for AdminApp {
         }
         match s.req_header().uri.path() {
             "/healthz" => text(200, "ok".into()),
+            "/metrics" => {
+                let body = crate::metrics::render();
+                Response::builder()
+                    .status(200)
+                    .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    .header("Content-Length", body.len())
+                    .header("Cache-Control", "no-store")
+                    .body(body)
+                    .unwrap_or_default()
+            }
             "/readyz" => {
                 let (status, body) = self.ready().await;
                 text(status, body)
             }
-            _ => text(404, "not found; try /healthz or /readyz".into()),
+            _ => text(404, "not found; try /healthz, /readyz or /metrics".into()),
         }
     }
 }

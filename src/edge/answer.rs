@@ -14,6 +14,10 @@ pub struct Answer {
     pub allow_post: bool,
     /// What to log and count as the outcome.
     pub outcome: &'static str,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
+    /// Close the connection after answering: the head was too large to trust what follows.
+    pub close: bool,
 }
 
 impl Answer {
@@ -24,6 +28,8 @@ impl Answer {
             json: false,
             allow_post: false,
             outcome,
+            retry_after: None,
+            close: false,
         }
     }
 
@@ -36,13 +42,21 @@ impl Answer {
             json: true,
             allow_post: false,
             outcome,
+            retry_after: None,
+            close: false,
         }
     }
 
     pub fn refused(r: &Refusal) -> Self {
         let mut a = Answer::text(r.status, r.cause.label(), &r.reason);
         a.allow_post = r.status == 405;
+        a.close = r.status == 431;
         a
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub async fn write(&self, session: &mut ServerSession) -> pingora::Result<()> {
@@ -58,6 +72,9 @@ impl Answer {
         h.insert_header("X-Content-Type-Options", "nosniff")?;
         if self.allow_post {
             h.insert_header(http::header::ALLOW, "POST")?;
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
         }
         session.write_response_header(Box::new(h)).await?;
         session.write_response_body(self.body.clone(), true).await

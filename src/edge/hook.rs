@@ -1,17 +1,23 @@
-//! The life cycle of one delivery on the public listener: head under a deadline, route, method,
-//! size, verification while the body streams in, event filter, relay, answer.
+//! The life cycle of one request on the public listener: head under a deadline, client
+//! address, penalty box, rate, route, allow-list, method, size, verification while the body
+//! streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
 use crate::config::Receiver;
+use crate::guard::client_ip;
+use crate::guard::rate::retry_after_secs;
+use crate::guard::replay::Claim;
+use crate::guard::Guard;
+use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::Relay;
-use async_trait::async_trait;
 use http::{header, Method, Uri};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::json;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::time::{timeout, timeout_at};
@@ -20,17 +26,10 @@ use tokio::time::{timeout, timeout_at};
 /// kept; anything larger costs more than a new connection and is cut instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
-/// Headers providers use for a delivery's id, in order of preference, for the log line.
-const DELIVERY_ID_HEADERS: [&str; 4] = [
-    "X-GitHub-Delivery",
-    "X-Gitlab-Event-UUID",
-    "X-Request-UUID",
-    "X-Request-Id",
-];
-
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
     pub head_timeout: Duration,
     pub body_timeout: Duration,
 }
@@ -38,20 +37,35 @@ pub struct Limits {
 pub struct HookApp {
     routes: HashMap<String, Arc<Receiver>>,
     relay: Arc<Relay>,
+    pub guard: Arc<Guard>,
     limits: Limits,
-    options: HttpServerOptions,
+}
+
+/// What the log line of one request says.
+#[derive(Default)]
+struct Delivery {
+    receiver: Option<Arc<Receiver>>,
+    client: Option<IpAddr>,
+    delivery_id: Option<String>,
+    event: Option<String>,
+    patched: usize,
 }
 
 impl HookApp {
-    pub fn new(receivers: &[Arc<Receiver>], relay: Arc<Relay>, limits: Limits) -> Self {
+    pub fn new(
+        receivers: &[Arc<Receiver>],
+        relay: Arc<Relay>,
+        guard: Arc<Guard>,
+        limits: Limits,
+    ) -> Self {
         HookApp {
             routes: receivers
                 .iter()
                 .map(|r| (r.path.clone(), r.clone()))
                 .collect(),
             relay,
+            guard,
             limits,
-            options: HttpServerOptions::default(),
         }
     }
 
@@ -64,12 +78,91 @@ impl HookApp {
         self.routes.get(uri.path_and_query()?.as_str())
     }
 
-    async fn handle(&self, s: &mut ServerSession, log: &mut Delivery) -> Answer {
+    /// Serves one request on a connection; returns the connection if it can be reused.
+    pub async fn serve_one(
+        &self,
+        mut s: ServerSession,
+        peer: Option<IpAddr>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // One deadline for the whole head: pingora's own timeout is per read, which a client
+        // sending a byte at a time never trips.
+        match timeout(self.limits.head_timeout, s.read_request()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) | Err(_) => return None,
+            Ok(Err(e)) => {
+                let a = Answer::text(
+                    400,
+                    "malformed_request",
+                    &format!("malformed request: {}", why(&e)),
+                );
+                return self
+                    .finish(s, a, Delivery::default(), Instant::now(), shutdown)
+                    .await;
+            }
+        }
+        let started = Instant::now();
+        let mut log = Delivery::default();
+        let answer = match peer {
+            Some(peer) => self.handle(&mut s, peer, &mut log).await,
+            None => Answer::text(400, "malformed_request", "no client address"),
+        };
+        self.finish(s, answer, log, started, shutdown).await
+    }
+
+    async fn handle(&self, s: &mut ServerSession, peer: IpAddr, log: &mut Delivery) -> Answer {
+        let head_size = head_size(s);
+        if head_size > self.limits.max_header_bytes {
+            return Answer::refused(&Refusal::new(
+                431,
+                Cause::HeadTooLarge,
+                format!(
+                    "request head larger than {} bytes",
+                    self.limits.max_header_bytes
+                ),
+            ));
+        }
         let req = s.req_header();
-        let Some(receiver) = self.route(&req.uri).cloned() else {
+        let client = client_ip::resolve(
+            peer,
+            req.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            &self.guard.trusted,
+        );
+        log.client = Some(client);
+        // Looked up first so refusals below are counted against the receiver they aimed at;
+        // an unknown path is still limited like any request before it is answered.
+        let route = self.route(&req.uri).cloned();
+        log.receiver = route.clone();
+        if let Some(wait) = self.guard.blocked(client) {
+            return Answer::refused(&Refusal::new(
+                429,
+                Cause::Blocked,
+                "address blocked after repeated failures",
+            ))
+            .retry_after(retry_after_secs(wait));
+        }
+        if let Err(wait) = self.guard.check_ip(client) {
+            return Answer::refused(&Refusal::new(
+                429,
+                Cause::RateLimited,
+                format!("too many requests from {client}"),
+            ))
+            .retry_after(retry_after_secs(wait));
+        }
+        let Some(receiver) = route else {
+            self.failed(client);
             return Answer::refused(&Refusal::unknown_hook());
         };
-        log.receiver = Some(receiver.clone());
+        if !receiver.allows(client) {
+            return Answer::refused(&Refusal::new(
+                403,
+                Cause::NotAllowed,
+                format!("source address {client} is not allowed for this receiver"),
+            ));
+        }
         if req.method != Method::POST {
             return Answer::refused(&Refusal::new(
                 405,
@@ -77,15 +170,14 @@ impl HookApp {
                 "only POST is accepted",
             ));
         }
-        let declared = declared_length(s);
-        if declared.is_some_and(|n| n > self.limits.max_body_bytes) {
+        if declared_length(s).is_some_and(|n| n > self.limits.max_body_bytes) {
             return self.too_large();
         }
         let head = &s.req_header().headers;
-        log.delivery_id = DELIVERY_ID_HEADERS
-            .iter()
-            .find_map(|h| head.get(*h).and_then(|v| v.to_str().ok()))
-            .map(|v| v.chars().take(128).collect());
+        let delivery_id = receiver
+            .delivery_id(head)
+            .map(|v| v.chars().take(128).collect::<String>());
+        log.delivery_id = delivery_id.clone();
         let event = receiver.verifier.event_header().map(|h| {
             head.get(h)
                 .and_then(|v| v.to_str().ok())
@@ -95,11 +187,20 @@ impl HookApp {
         log.event = event.as_ref().map(|e| e.chars().take(64).collect());
         let mut check = match receiver.verifier.begin(head) {
             Ok(c) => c,
-            Err(r) => return Answer::refused(&r),
+            Err(r) => {
+                if r.status == 401 {
+                    self.failed(client);
+                }
+                return Answer::refused(&r);
+            }
         };
         if expects_continue(s) {
             if let Err(e) = s.write_continue_response().await {
-                return Answer::text(400, "malformed_request", &format!("cannot continue: {e}"));
+                return Answer::text(
+                    400,
+                    "malformed_request",
+                    &format!("cannot continue: {}", why(&e)),
+                );
             }
         }
         let deadline = tokio::time::Instant::now() + self.limits.body_timeout;
@@ -133,6 +234,7 @@ impl HookApp {
             }
         }
         if let Err(r) = check.finish() {
+            self.failed(client);
             return Answer::refused(&r);
         }
         if let Some(ev) = event.as_deref() {
@@ -140,7 +242,7 @@ impl HookApp {
                 return Answer::json(
                     200,
                     "ping",
-                    &json!({"receiver": receiver_id(&receiver), "event": ev, "relayed": false}),
+                    &json!({"receiver": receiver.label, "event": ev, "relayed": false}),
                 );
             }
             if !receiver.accepts_event(Some(ev).filter(|e| !e.is_empty())) {
@@ -155,7 +257,47 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::EventNotAccepted, why));
             }
         }
-        self.relay_to(&receiver, log).await
+        if let Err(wait) = self.guard.check_receiver(receiver.id) {
+            return Answer::refused(&Refusal::new(
+                429,
+                Cause::RateLimited,
+                "too many deliveries for this receiver",
+            ))
+            .retry_after(retry_after_secs(wait));
+        }
+        let claimed = match &delivery_id {
+            Some(id) if !receiver.replay_window.is_zero() => {
+                match self
+                    .guard
+                    .replays
+                    .claim(receiver.id, id, receiver.replay_window)
+                {
+                    Claim::Duplicate => {
+                        return Answer::json(
+                            200,
+                            "duplicate",
+                            &json!({"receiver": receiver.label, "delivery": id, "duplicate": true, "relayed": false}),
+                        )
+                    }
+                    Claim::New => Some(id.as_str()),
+                }
+            }
+            _ => None,
+        };
+        let answer = self.relay_to(&receiver, log).await;
+        if answer.status != 200 {
+            // Not relayed: the provider's redelivery must go through.
+            if let Some(id) = claimed {
+                self.guard.replays.release(receiver.id, id);
+            }
+        }
+        answer
+    }
+
+    fn failed(&self, client: IpAddr) {
+        if self.guard.record_failure(client) {
+            tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
+        }
     }
 
     async fn relay_to(&self, receiver: &Receiver, log: &mut Delivery) -> Answer {
@@ -166,7 +308,7 @@ impl HookApp {
                 200,
                 "relayed",
                 &json!({
-                    "receiver": receiver_id(receiver),
+                    "receiver": receiver.label,
                     "event": log.event,
                     "requestedAt": out.requested_at,
                     "patched": out.patched,
@@ -196,6 +338,57 @@ impl HookApp {
             format!("body larger than {} bytes", self.limits.max_body_bytes),
         ))
     }
+
+    /// Writes the answer, logs and counts the request, and decides whether the connection
+    /// can carry another one.
+    async fn finish(
+        &self,
+        mut s: ServerSession,
+        answer: Answer,
+        log: Delivery,
+        started: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        if *shutdown.borrow() || answer.close {
+            s.set_keepalive(None);
+        }
+        let body_done = s.is_body_done();
+        if !body_done && declared_length(&s).is_none_or(|n| n > DRAIN_LIMIT) {
+            s.set_keepalive(None);
+        }
+        let written = answer.write(&mut s).await;
+        if !body_done && written.is_ok() {
+            // Read (and drop) what the client is still sending for a moment, so that closing
+            // does not reset the connection before the client has read the answer.
+            let _ = timeout(Duration::from_secs(1), s.drain_request_body()).await;
+        }
+        let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
+        let m = metrics::get();
+        m.requests
+            .with_label_values(&[receiver, answer.outcome])
+            .inc();
+        m.request_seconds
+            .with_label_values(&[receiver])
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            target: "fluxgate::delivery",
+            receiver,
+            client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            delivery = log.delivery_id.as_deref().unwrap_or("-"),
+            event = log.event.as_deref().unwrap_or("-"),
+            outcome = answer.outcome,
+            status = answer.status,
+            patched = log.patched,
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "delivery"
+        );
+        written.ok()?;
+        let persist = HttpPersistentSettings::for_session(&s);
+        match s.finish().await {
+            Ok(reusable) => reusable.map(|r| ReusedHttpStream::from_reusable_stream(r, persist)),
+            Err(_) => None,
+        }
+    }
 }
 
 /// pingora's explanation of a parse error, without its internal chain.
@@ -206,8 +399,14 @@ fn why(e: &pingora::Error) -> String {
     }
 }
 
-fn receiver_id(r: &Receiver) -> String {
-    format!("{}/{}", r.namespace, r.name)
+/// The request head's size as received: request line and header lines.
+fn head_size(s: &ServerSession) -> usize {
+    let req = s.req_header();
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+        + 2
 }
 
 fn declared_length(s: &ServerSession) -> Option<u64> {
@@ -223,89 +422,4 @@ fn expects_continue(s: &ServerSession) -> bool {
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// What the log line of one delivery says.
-#[derive(Default)]
-struct Delivery {
-    receiver: Option<Arc<Receiver>>,
-    delivery_id: Option<String>,
-    event: Option<String>,
-    patched: usize,
-}
-
-#[async_trait]
-impl HttpServerApp for HookApp {
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut s: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        // One deadline for the whole head: pingora's own timeout is per read, which a client
-        // sending a byte at a time never trips.
-        match timeout(self.limits.head_timeout, s.read_request()).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) | Err(_) => return None,
-            Ok(Err(e)) => {
-                let a = Answer::text(
-                    400,
-                    "malformed_request",
-                    &format!("malformed request: {}", why(&e)),
-                );
-                s.set_keepalive(None);
-                let _ = a.write(&mut s).await;
-                let _ = s.finish().await;
-                return None;
-            }
-        }
-        let started = Instant::now();
-        let client = s
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|| "-".into());
-        let mut log = Delivery::default();
-        let answer = self.handle(&mut s, &mut log).await;
-
-        if *shutdown.borrow() {
-            s.set_keepalive(None);
-        }
-        let body_done = s.is_body_done();
-        if !body_done {
-            let small = declared_length(&s).is_some_and(|n| n <= DRAIN_LIMIT);
-            if !small {
-                s.set_keepalive(None);
-            }
-        }
-        let written = answer.write(&mut s).await;
-        if !body_done && written.is_ok() {
-            // Read (and drop) what the client is still sending for a moment, so that closing
-            // does not reset the connection before the client has read the answer.
-            let _ = timeout(Duration::from_secs(1), s.drain_request_body()).await;
-        }
-        tracing::info!(
-            target: "fluxgate::delivery",
-            receiver = log.receiver.as_deref().map(receiver_id).as_deref().unwrap_or("-"),
-            client = %client,
-            delivery = log.delivery_id.as_deref().unwrap_or("-"),
-            event = log.event.as_deref().unwrap_or("-"),
-            outcome = answer.outcome,
-            status = answer.status,
-            patched = log.patched,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "delivery"
-        );
-        if written.is_err() {
-            return None;
-        }
-        let persist = HttpPersistentSettings::for_session(&s);
-        match s.finish().await {
-            Ok(reusable) => reusable.map(|r| ReusedHttpStream::from_reusable_stream(r, persist)),
-            Err(_) => None,
-        }
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        Some(&self.options)
-    }
 }

@@ -2,10 +2,13 @@
 
 pub mod admin;
 pub mod answer;
+pub mod connection;
 pub mod hook;
+pub mod maintenance;
 pub mod tls;
 
 use crate::config::Settings;
+use crate::guard::Guard;
 use crate::relay::kube::KubeApi;
 use crate::relay::Relay;
 use pingora::listeners::tls::TlsSettings;
@@ -51,13 +54,27 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
     server.bootstrap();
 
     let relay = Arc::new(Relay::new(KubeApi::new(kube)));
+    let guard = Arc::new(Guard::new(
+        &settings.limits,
+        settings.server.trusted_proxies.clone(),
+    ));
     let limits = hook::Limits {
         max_body_bytes: settings.server.max_body_bytes,
+        max_header_bytes: settings.server.max_header_bytes,
         head_timeout: settings.server.head_timeout,
         body_timeout: settings.server.body_timeout,
     };
-    let app = hook::HookApp::new(&settings.receivers, relay.clone(), limits);
-    let mut hooks = Service::new("fluxgate hooks".to_string(), app);
+    let app = Arc::new(hook::HookApp::new(
+        &settings.receivers,
+        relay.clone(),
+        guard.clone(),
+        limits,
+    ));
+    let mut hooks = Service::new("fluxgate hooks".to_string(), connection::HookServer { app });
+    hooks.set_connection_filter(Arc::new(connection::EdgeFilter {
+        guard: guard.clone(),
+        receivers: settings.receivers.clone(),
+    }));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
@@ -93,7 +110,15 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
         receivers = settings.receivers.len(),
         "fluxgate serving"
     );
+    let maintenance = pingora::services::background::background_service(
+        "fluxgate maintenance",
+        maintenance::Maintenance {
+            guard,
+            ranges: settings.ranges.values().cloned().collect(),
+        },
+    );
     server.add_service(hooks);
     server.add_service(admin);
+    server.add_service(maintenance);
     server.run_forever()
 }

@@ -24,6 +24,10 @@ impl Verifier for Bitbucket {
         hub::begin(&self.keys, head)
     }
 
+    fn delivery_id_headers(&self) -> &'static [&'static str] {
+        &["X-Request-UUID", "X-Request-Id"]
+    }
+
     fn event_header(&self) -> Option<&'static str> {
         Some("X-Event-Key")
     }

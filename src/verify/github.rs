@@ -23,6 +23,10 @@ impl Verifier for Github {
         hub::begin(&self.keys, head)
     }
 
+    fn delivery_id_headers(&self) -> &'static [&'static str] {
+        &["X-GitHub-Delivery"]
+    }
+
     fn event_header(&self) -> Option<&'static str> {
         Some("X-GitHub-Event")
     }

@@ -39,6 +39,10 @@ impl Verifier for Gitlab {
         }
     }
 
+    fn delivery_id_headers(&self) -> &'static [&'static str] {
+        &["Idempotency-Key", "X-Gitlab-Event-UUID"]
+    }
+
     fn event_header(&self) -> Option<&'static str> {
         Some("X-Gitlab-Event")
     }

@@ -30,6 +30,12 @@ pub trait Verifier: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Headers that carry the provider's id of a delivery, in order of preference. Providers
+    /// keep the id when they retry, so it identifies a replay.
+    fn delivery_id_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Whether a verified event is the provider's connectivity check, answered without a relay.
     fn is_ping(&self, _event: &str) -> bool {
         false

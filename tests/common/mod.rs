@@ -255,12 +255,50 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, String) {
-        let mut rb = self.client().post(self.url(path)).body(body);
+        let r = self.post_from("127.0.0.1", path, headers, body).await;
+        (r.0, r.1)
+    }
+
+    /// POSTs from `source`; returns the status, the body text and the Retry-After header.
+    pub async fn post_from(
+        &self,
+        source: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String, Option<String>) {
+        let mut rb = self.client_from(source).post(self.url(path)).body(body);
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
         let r = rb.send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), r.text().await.unwrap(), retry)
+    }
+
+    /// The gateway's resident memory, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A metric's value from /metrics, by its exact name and labels as printed.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = http_get(self.admin, "/metrics").unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
     }
 
     pub fn patches(&self) -> Vec<Recorded> {
@@ -290,6 +328,15 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A panic inside the gateway (say, in a background task) may not fail any request,
+        // so every test also checks the log for one.
+        if !std::thread::panicking() {
+            let logs = self.logs();
+            assert!(
+                !logs.contains("panicked at"),
+                "the gateway panicked:\n{logs}"
+            );
+        }
     }
 }
 

@@ -2,11 +2,15 @@
 //! from the environment as `FLUXGATE__SECTION__KEY`. Loading validates everything a delivery
 //! will need, so a mistake stops start-up with the key and the reason instead of failing later.
 
+mod defences;
+mod receivers;
+
+pub use defences::LimitSettings;
+pub use receivers::Receiver;
+
 use crate::edge::tls::CertifiedKey;
-use crate::hook_path::flux_hook_path;
-use crate::relay::target::{check_dns_label, check_dns_subdomain, ResourceSpec, Target};
-use crate::secret::Secret;
-use crate::verify::{ReceiverType, Verifier};
+use crate::guard::cidr::IpSet;
+use crate::guard::ranges::RangeSets;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
@@ -26,7 +30,11 @@ struct RawConfig {
     #[serde(default)]
     kubernetes: RawKubernetes,
     #[serde(default)]
-    receivers: Vec<RawReceiver>,
+    limits: defences::RawLimits,
+    #[serde(default)]
+    ranges: HashMap<String, defences::RawRange>,
+    #[serde(default)]
+    receivers: Vec<receivers::RawReceiver>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +47,9 @@ struct RawServer {
     max_body_bytes: Option<u64>,
     head_timeout: Option<String>,
     body_timeout: Option<String>,
+    max_header_bytes: Option<usize>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
     threads: Option<usize>,
 }
 
@@ -50,28 +61,14 @@ struct RawKubernetes {
     timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReceiver {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: String,
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    events: Vec<String>,
-    secret_file: Option<PathBuf>,
-    secret_env: Option<String>,
-    #[serde(default)]
-    resources: Vec<ResourceSpec>,
-}
-
 /// A loaded, valid configuration.
 #[derive(Debug)]
 pub struct Settings {
     pub server: ServerSettings,
     pub kubernetes: KubernetesSettings,
+    pub limits: LimitSettings,
+    /// Named range sets in use, refreshed in the background when they have a source.
+    pub ranges: RangeSets,
     pub receivers: Vec<Arc<Receiver>>,
     /// Things that work but are probably not what was meant.
     pub warnings: Vec<String>,
@@ -87,6 +84,9 @@ pub struct ServerSettings {
     pub max_body_bytes: u64,
     pub head_timeout: Duration,
     pub body_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: IpSet,
     pub threads: usize,
 }
 
@@ -95,27 +95,6 @@ pub struct KubernetesSettings {
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
     pub timeout: Duration,
-}
-
-/// One receiver: where it listens, how it verifies, and what it asks Flux to reconcile.
-#[derive(Debug)]
-pub struct Receiver {
-    pub name: String,
-    pub namespace: String,
-    pub kind: ReceiverType,
-    /// Lower-cased, so matching is case-insensitive as in Flux.
-    pub events: Vec<String>,
-    pub path: String,
-    pub verifier: Box<dyn Verifier>,
-    pub targets: Vec<Target>,
-}
-
-impl Receiver {
-    /// Flux's rule: an empty list accepts every event; otherwise the event must be listed.
-    pub fn accepts_event(&self, event: Option<&str>) -> bool {
-        self.events.is_empty()
-            || event.is_some_and(|e| self.events.iter().any(|x| *x == e.to_lowercase()))
-    }
 }
 
 /// One thing wrong with the configuration.
@@ -182,7 +161,7 @@ fn read(path: &Path) -> Result<RawConfig, ConfigError> {
 
 /// Collects problems instead of stopping at the first, so one run shows everything to fix.
 #[derive(Default)]
-struct Problems(Vec<Problem>);
+pub(crate) struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
@@ -197,20 +176,45 @@ impl Problems {
     }
 }
 
-fn duration(key: &str, value: Option<&str>, default: Duration, p: &mut Problems) -> Duration {
-    match value {
-        None => default,
-        Some(s) => match humantime::parse_duration(s) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                p.add(key, "must be more than zero");
-                default
-            }
-            Err(e) => {
-                p.add(key, format!("{s:?} is not a duration like \"10s\" ({e})"));
-                default
-            }
-        },
+pub(crate) fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    parse_duration(key, value, default, false, p)
+}
+
+/// A duration where zero means "off".
+pub(crate) fn duration_or_off(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    p: &mut Problems,
+) -> Duration {
+    parse_duration(key, value, default, true, p)
+}
+
+fn parse_duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    zero_ok: bool,
+    p: &mut Problems,
+) -> Duration {
+    let Some(s) = value else {
+        return default;
+    };
+    match humantime::parse_duration(s) {
+        Ok(d) if zero_ok || !d.is_zero() => d,
+        Ok(_) => {
+            p.add(key, "must be more than zero");
+            default
+        }
+        Err(e) => {
+            p.add(key, format!("{s:?} is not a duration like \"10s\" ({e})"));
+            default
+        }
     }
 }
 
@@ -280,6 +284,11 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         Duration::from_secs(30),
         &mut p,
     );
+    let max_header_bytes = s.max_header_bytes.unwrap_or(64 * 1024);
+    if max_header_bytes < 1024 {
+        p.add("server.max_header_bytes", "must be at least 1024");
+    }
+    let trusted_proxies = defences::trusted_proxies(&s.trusted_proxies, &mut p);
     let threads = match s.threads {
         Some(0) => {
             p.add("server.threads", "must be at least 1");
@@ -303,6 +312,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         &mut p,
     );
 
+    let limits = defences::limits(raw.limits, &mut p);
+    let mut ranges = defences::range_sets(raw.ranges, &mut p);
+
     if raw.receivers.is_empty() {
         p.add(
             "receivers",
@@ -314,7 +326,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let mut seen_paths: HashMap<String, usize> = HashMap::new();
     for (i, r) in raw.receivers.into_iter().enumerate() {
         let key = format!("receivers[{i}]");
-        let Some(rec) = receiver(&key, r, &mut p, &mut warnings) else {
+        let id = u32::try_from(i).unwrap_or(u32::MAX);
+        let Some(rec) = receivers::receiver(id, &key, r, &mut ranges, &mut p, &mut warnings) else {
             continue;
         };
         if let Some(j) = seen_names.insert((rec.namespace.clone(), rec.name.clone()), i) {
@@ -371,6 +384,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     max_body_bytes,
                     head_timeout,
                     body_timeout,
+                    max_header_bytes,
+                    trusted_proxies,
                     threads,
                 },
                 kubernetes: KubernetesSettings {
@@ -378,96 +393,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     context: k.context,
                     timeout: kube_timeout,
                 },
+                limits,
+                ranges,
                 receivers,
                 warnings,
             })
         }
         _ => Err(ConfigError(p.0)),
     }
-}
-
-fn receiver(
-    key: &str,
-    r: RawReceiver,
-    p: &mut Problems,
-    warnings: &mut Vec<String>,
-) -> Option<Receiver> {
-    let before = p.0.len();
-    if r.name.is_empty() {
-        p.add(format!("{key}.name"), "missing");
-    } else {
-        p.take(&format!("{key}.name"), check_dns_subdomain(&r.name));
-    }
-    if r.namespace.is_empty() {
-        p.add(
-            format!("{key}.namespace"),
-            "missing; the namespace is part of the hook path, as in Flux",
-        );
-    } else {
-        p.take(&format!("{key}.namespace"), check_dns_label(&r.namespace));
-    }
-    let kind = if r.kind.is_empty() {
-        p.add(format!("{key}.type"), "missing");
-        None
-    } else {
-        p.take(&format!("{key}.type"), r.kind.parse::<ReceiverType>())
-    };
-    let secret = match (&r.secret_file, &r.secret_env) {
-        (Some(f), None) => p.take(&format!("{key}.secret_file"), Secret::from_file(f)),
-        (None, Some(v)) => p.take(&format!("{key}.secret_env"), Secret::from_env(v)),
-        (Some(_), Some(_)) => {
-            p.add(
-                format!("{key}.secret_file"),
-                "give either secret_file or secret_env, not both",
-            );
-            None
-        }
-        (None, None) => {
-            p.add(format!("{key}.secret_file"), "missing; the receiver's token, from a file (secret_file) or an environment variable (secret_env)");
-            None
-        }
-    };
-    for (j, e) in r.events.iter().enumerate() {
-        if e.trim().is_empty() {
-            p.add(format!("{key}.events[{j}]"), "empty event name");
-        }
-    }
-    if r.resources.is_empty() {
-        p.add(
-            format!("{key}.resources"),
-            "none; list the Flux objects to reconcile",
-        );
-    }
-    let mut targets = Vec::new();
-    for (j, spec) in r.resources.iter().enumerate() {
-        match Target::resolve(spec, &r.namespace) {
-            Ok(t) => {
-                if spec.name != "*" && !spec.match_labels.is_empty() {
-                    warnings.push(format!("{key}.resources[{j}].matchLabels: ignored because name is not \"*\", as in Flux"));
-                }
-                targets.push(t);
-            }
-            Err((field, reason)) => p.add(format!("{key}.resources[{j}].{field}"), reason),
-        }
-    }
-    if !r.events.is_empty() && kind.is_some_and(|k| !k.uses_events()) {
-        warnings.push(format!(
-            "{key}.events: ignored by type {}, as in Flux",
-            r.kind
-        ));
-    }
-    if p.0.len() > before {
-        return None;
-    }
-    let (kind, secret) = (kind?, secret?);
-    let secrets = vec![secret];
-    Some(Receiver {
-        path: flux_hook_path(secrets[0].expose(), &r.name, &r.namespace),
-        verifier: kind.verifier(&secrets),
-        events: r.events.iter().map(|e| e.to_lowercase()).collect(),
-        name: r.name,
-        namespace: r.namespace,
-        kind,
-        targets,
-    })
 }

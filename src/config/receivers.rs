@@ -1,0 +1,243 @@
+//! `[[receivers]]`: one table per receiver, with the same meaning as a Flux Receiver object.
+
+use super::defences::allow_list;
+use super::{duration_or_off, Problems};
+use crate::guard::allow::AllowList;
+use crate::guard::ranges::RangeSets;
+use crate::hook_path::flux_hook_path;
+use crate::relay::target::{check_dns_label, check_dns_subdomain, ResourceSpec, Target};
+use crate::secret::Secret;
+use crate::verify::{ReceiverType, Verifier};
+use http::HeaderMap;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A key that takes one value or a list (`secret_file = "a"` or `secret_file = ["a", "b"]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReceiver {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    events: Vec<String>,
+    secret_file: Option<OneOrMany<PathBuf>>,
+    secret_env: Option<OneOrMany<String>>,
+    path: Option<String>,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    replay_window: Option<String>,
+    delivery_id_header: Option<String>,
+    #[serde(default)]
+    resources: Vec<ResourceSpec>,
+}
+
+/// One receiver: where it listens, who may use it, how it verifies, and what it asks Flux to
+/// reconcile.
+#[derive(Debug)]
+pub struct Receiver {
+    /// Position in the configuration: a small key for per-receiver state.
+    pub id: u32,
+    pub name: String,
+    pub namespace: String,
+    /// `namespace/name`, the receiver's label in logs and metrics.
+    pub label: String,
+    pub kind: ReceiverType,
+    /// Lower-cased, so matching is case-insensitive as in Flux.
+    pub events: Vec<String>,
+    pub path: String,
+    pub verifier: Box<dyn Verifier>,
+    pub targets: Vec<Target>,
+    /// `None`: every address may deliver.
+    pub allow: Option<AllowList>,
+    /// How long an accepted delivery id is remembered; zero turns deduplication off.
+    pub replay_window: Duration,
+    delivery_id_header: Option<String>,
+}
+
+impl Receiver {
+    /// Flux's rule: an empty list accepts every event; otherwise the event must be listed.
+    pub fn accepts_event(&self, event: Option<&str>) -> bool {
+        self.events.is_empty()
+            || event.is_some_and(|e| self.events.iter().any(|x| *x == e.to_lowercase()))
+    }
+
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.allows(ip))
+    }
+
+    /// The provider's id of this delivery, from the configured header or the type's own.
+    pub fn delivery_id<'h>(&self, head: &'h HeaderMap) -> Option<&'h str> {
+        let get = |h: &str| {
+            head.get(h)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+        };
+        match &self.delivery_id_header {
+            Some(h) => get(h),
+            None => self
+                .verifier
+                .delivery_id_headers()
+                .iter()
+                .find_map(|h| get(h)),
+        }
+    }
+}
+
+pub(super) fn receiver(
+    id: u32,
+    key: &str,
+    r: RawReceiver,
+    sets: &mut RangeSets,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Receiver> {
+    let before = p.0.len();
+    if r.name.is_empty() {
+        p.add(format!("{key}.name"), "missing");
+    } else {
+        p.take(&format!("{key}.name"), check_dns_subdomain(&r.name));
+    }
+    if r.namespace.is_empty() {
+        p.add(
+            format!("{key}.namespace"),
+            "missing; the namespace is part of the hook path, as in Flux",
+        );
+    } else {
+        p.take(&format!("{key}.namespace"), check_dns_label(&r.namespace));
+    }
+    let kind = if r.kind.is_empty() {
+        p.add(format!("{key}.type"), "missing");
+        None
+    } else {
+        p.take(&format!("{key}.type"), r.kind.parse::<ReceiverType>())
+    };
+    let secrets = secrets(key, r.secret_file, r.secret_env, p);
+    for (j, e) in r.events.iter().enumerate() {
+        if e.trim().is_empty() {
+            p.add(format!("{key}.events[{j}]"), "empty event name");
+        }
+    }
+    if !r.events.is_empty() && kind.is_some_and(|k| !k.uses_events()) {
+        warnings.push(format!(
+            "{key}.events: ignored by type {}, as in Flux",
+            r.kind
+        ));
+    }
+    if let Some(path) = &r.path {
+        let ok = path.starts_with("/hook/")
+            && path.len() > 6
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'%');
+        if !ok {
+            p.add(format!("{key}.path"), format!("{path:?} must be /hook/ followed by printable characters, with no query, fragment or percent-encoding"));
+        }
+    }
+    let allow = allow_list(key, &r.allow_from, sets, p);
+    let replay_window = duration_or_off(
+        &format!("{key}.replay_window"),
+        r.replay_window.as_deref(),
+        Duration::from_secs(600),
+        p,
+    );
+    if let Some(h) = &r.delivery_id_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            p.add(
+                format!("{key}.delivery_id_header"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    if r.resources.is_empty() {
+        p.add(
+            format!("{key}.resources"),
+            "none; list the Flux objects to reconcile",
+        );
+    }
+    let mut targets = Vec::new();
+    for (j, spec) in r.resources.iter().enumerate() {
+        match Target::resolve(spec, &r.namespace) {
+            Ok(t) => {
+                if spec.name != "*" && !spec.match_labels.is_empty() {
+                    warnings.push(format!("{key}.resources[{j}].matchLabels: ignored because name is not \"*\", as in Flux"));
+                }
+                targets.push(t);
+            }
+            Err((field, reason)) => p.add(format!("{key}.resources[{j}].{field}"), reason),
+        }
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    let kind = kind?;
+    let first = secrets.first()?;
+    Some(Receiver {
+        id,
+        path: r
+            .path
+            .unwrap_or_else(|| flux_hook_path(first.expose(), &r.name, &r.namespace)),
+        verifier: kind.verifier(&secrets),
+        events: r.events.iter().map(|e| e.to_lowercase()).collect(),
+        label: format!("{}/{}", r.namespace, r.name),
+        name: r.name,
+        namespace: r.namespace,
+        kind,
+        targets,
+        allow,
+        replay_window,
+        delivery_id_header: r.delivery_id_header,
+    })
+}
+
+/// Every active secret, files first, in the order given: the first makes the path.
+fn secrets(
+    key: &str,
+    files: Option<OneOrMany<PathBuf>>,
+    envs: Option<OneOrMany<String>>,
+    p: &mut Problems,
+) -> Vec<Secret> {
+    let files = files.map(OneOrMany::into_vec).unwrap_or_default();
+    let envs = envs.map(OneOrMany::into_vec).unwrap_or_default();
+    if files.is_empty() && envs.is_empty() {
+        p.add(format!("{key}.secret_file"), "missing; the receiver's token, from a file (secret_file) or an environment variable (secret_env)");
+        return Vec::new();
+    }
+    let many = files.len() + envs.len() > 1;
+    let k = |field: &str, i: usize| {
+        if many {
+            format!("{key}.{field}[{i}]")
+        } else {
+            format!("{key}.{field}")
+        }
+    };
+    let mut out = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        out.extend(p.take(&k("secret_file", i), Secret::from_file(f)));
+    }
+    for (i, v) in envs.iter().enumerate() {
+        out.extend(p.take(&k("secret_env", i), Secret::from_env(v)));
+    }
+    out
+}

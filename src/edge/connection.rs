@@ -1,0 +1,119 @@
+//! Connections on the public listener: refused before the TLS handshake when no receiver
+//! would take the address, and counted per address while they are open.
+
+use super::hook::HookApp;
+use crate::config::Receiver;
+use crate::guard::cidr::canonical;
+use crate::guard::Guard;
+use crate::metrics;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Runs after `accept` and before TLS: an address no receiver allows, one in the penalty box,
+/// or one already holding its share of connections costs no handshake.
+#[derive(Debug)]
+pub struct EdgeFilter {
+    pub guard: Arc<Guard>,
+    pub receivers: Vec<Arc<Receiver>>,
+}
+
+impl EdgeFilter {
+    fn refuse(reason: &str) -> bool {
+        metrics::get()
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+        false
+    }
+}
+
+#[async_trait]
+impl ConnectionFilter for EdgeFilter {
+    async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
+        let Some(addr) = addr else {
+            return true;
+        };
+        let ip = canonical(addr.ip());
+        // A proxy's address stands for many clients: they are judged per request.
+        if self.guard.is_trusted(ip) {
+            return true;
+        }
+        if self.guard.blocked(ip).is_some() {
+            return Self::refuse("blocked");
+        }
+        if self.guard.connections.at_limit(ip) {
+            return Self::refuse("too_many_connections");
+        }
+        if !self.receivers.iter().any(|r| r.allows(ip)) {
+            return Self::refuse("not_allowed");
+        }
+        true
+    }
+}
+
+/// Owns each connection's request loop, so its per-address slot is held for the whole
+/// connection and not for one request.
+pub struct HookServer {
+    pub app: Arc<HookApp>,
+}
+
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::get().open_connections.inc();
+        OpenConnection
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::get().open_connections.dec();
+    }
+}
+
+#[async_trait]
+impl ServerApp for HookServer {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer: Option<IpAddr> = stream.get_socket_digest().and_then(|d| {
+            d.peer_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| canonical(a.ip()))
+        });
+        let guard = &self.app.guard;
+        let _slot = match peer {
+            Some(ip) if !guard.is_trusted(ip) => match guard.connections.open(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::get()
+                        .connections_refused
+                        .with_label_values(&["too_many_connections"])
+                        .inc();
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        let _open = OpenConnection::new();
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        loop {
+            let reused = self.app.serve_one(session, peer, shutdown).await?;
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(s) = settings {
+                s.apply_to_session(&mut session);
+            }
+        }
+    }
+}
