@@ -193,6 +193,9 @@ fn check(config: &Path, offline: bool) -> Result<(), String> {
         return Ok(());
     }
     let api = KubeApi::new(kube);
+    if let Some(dir) = &settings.relay.queue_dir {
+        println!("relay queue: {}", dir.display());
+    }
     one_shot_runtime()?
         .block_on(api.check_reachable())
         .map_err(|e| format!("kubernetes: {url}: {e}"))?;

@@ -102,8 +102,13 @@ admin_listen = "{admin}"
 tls_cert = "{dir}/tls.crt"
 tls_key = "{dir}/tls.key"
 
+upgrade_sock = "{dir}/upgrade.sock"
+
 [kubernetes]
 kubeconfig = "{dir}/kubeconfig"
+
+[relay]
+queue_dir = "{dir}/queue"
 
 [[receivers]]
 name = "github-receiver"

@@ -2,8 +2,8 @@
 //! by namespace/name (or "-" for requests that matched none), never by path or delivery id.
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
-    IntCounterVec, IntGauge, TextEncoder,
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder,
+    Gauge, HistogramVec, IntCounterVec, IntGauge, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -17,7 +17,11 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     /// Range-set refreshes, by set and result.
     pub range_refreshes: IntCounterVec,
-    pub relay_patches: IntCounterVec,
+    /// Relay job attempts, by target kind and result (patched, refused, retried, dropped).
+    pub relay_jobs: IntCounterVec,
+    pub patch_seconds: HistogramVec,
+    pub queue_depth: IntGauge,
+    pub queue_oldest_seconds: Gauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -50,10 +54,24 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Refreshes of named range sets, by set and result (ok, failed).",
             &["set", "result"]
         )?,
-        relay_patches: register_int_counter_vec!(
-            "fluxgate_relay_patches_total",
-            "Reconcile requests sent to the Kubernetes API, by kind and result.",
+        relay_jobs: register_int_counter_vec!(
+            "fluxgate_relay_jobs_total",
+            "Relay job attempts, by target kind and result (patched, refused, retried, dropped).",
             &["kind", "result"]
+        )?,
+        patch_seconds: register_histogram_vec!(
+            "fluxgate_relay_patch_duration_seconds",
+            "Time for one reconcile request (a patch, or a list and its patches), by target kind.",
+            &["kind"],
+            vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+        )?,
+        queue_depth: register_int_gauge!(
+            "fluxgate_relay_queue_depth",
+            "Relay jobs waiting for the Kubernetes API."
+        )?,
+        queue_oldest_seconds: register_gauge!(
+            "fluxgate_relay_queue_oldest_job_age_seconds",
+            "Age of the oldest delivery still waiting in the relay queue."
         )?,
     })
 }

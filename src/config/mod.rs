@@ -4,9 +4,11 @@
 
 mod defences;
 mod receivers;
+mod relay;
 
 pub use defences::LimitSettings;
 pub use receivers::Receiver;
+pub use relay::RelaySettings;
 
 use crate::edge::tls::CertifiedKey;
 use crate::guard::cidr::IpSet;
@@ -30,6 +32,8 @@ struct RawConfig {
     #[serde(default)]
     kubernetes: RawKubernetes,
     #[serde(default)]
+    relay: relay::RawRelay,
+    #[serde(default)]
     limits: defences::RawLimits,
     #[serde(default)]
     ranges: HashMap<String, defences::RawRange>,
@@ -51,6 +55,9 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     threads: Option<usize>,
+    grace_period: Option<String>,
+    shutdown_timeout: Option<String>,
+    upgrade_sock: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +73,7 @@ struct RawKubernetes {
 pub struct Settings {
     pub server: ServerSettings,
     pub kubernetes: KubernetesSettings,
+    pub relay: RelaySettings,
     pub limits: LimitSettings,
     /// Named range sets in use, refreshed in the background when they have a source.
     pub ranges: RangeSets,
@@ -88,6 +96,12 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: IpSet,
     pub threads: usize,
+    /// After SIGTERM or SIGQUIT: how long in-flight requests may finish.
+    pub grace_period: Duration,
+    /// Then: how long the runtimes get to stop.
+    pub shutdown_timeout: Duration,
+    /// Where a new process started with `serve -u` waits for the listening sockets.
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug)]
@@ -312,6 +326,23 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         &mut p,
     );
 
+    // Within Kubernetes' default termination grace (30 s) and systemd's stop timeout (90 s).
+    let grace_period = duration(
+        "server.grace_period",
+        s.grace_period.as_deref(),
+        Duration::from_secs(5),
+        &mut p,
+    );
+    let shutdown_timeout = duration(
+        "server.shutdown_timeout",
+        s.shutdown_timeout.as_deref(),
+        Duration::from_secs(5),
+        &mut p,
+    );
+    let upgrade_sock = s
+        .upgrade_sock
+        .unwrap_or_else(|| PathBuf::from("/tmp/fluxgate-upgrade.sock"));
+    let relay = relay::relay(raw.relay, &mut p);
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
 
@@ -387,12 +418,16 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     max_header_bytes,
                     trusted_proxies,
                     threads,
+                    grace_period,
+                    shutdown_timeout,
+                    upgrade_sock,
                 },
                 kubernetes: KubernetesSettings {
                     kubeconfig,
                     context: k.context,
                     timeout: kube_timeout,
                 },
+                relay,
                 limits,
                 ranges,
                 receivers,

@@ -10,6 +10,7 @@ use crate::guard::replay::Claim;
 use crate::guard::Guard;
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::queue::Outcome;
 use crate::relay::Relay;
 use http::{header, Method, Uri};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
@@ -285,7 +286,7 @@ impl HookApp {
             _ => None,
         };
         let answer = self.relay_to(&receiver, log).await;
-        if answer.status != 200 {
+        if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
             if let Some(id) = claimed {
                 self.guard.replays.release(receiver.id, id);
@@ -300,35 +301,62 @@ impl HookApp {
         }
     }
 
+    /// 200 when every target was patched within `relay.wait`, 502 when the API refused one
+    /// for good, 202 when some are still queued (safely, when the queue is durable).
     async fn relay_to(&self, receiver: &Receiver, log: &mut Delivery) -> Answer {
-        let out = self.relay.reconcile(&receiver.targets).await;
-        log.patched = out.patched.len();
-        if out.failed.is_empty() {
-            return Answer::json(
-                200,
-                "relayed",
-                &json!({
-                    "receiver": receiver.label,
-                    "event": log.event,
-                    "requestedAt": out.requested_at,
-                    "patched": out.patched,
-                    "unmatched": out.unmatched,
-                }),
+        let delivered = match self.relay.deliver(&receiver.targets).await {
+            Ok(d) => d,
+            Err(e) => {
+                return Answer::text(
+                    503,
+                    "queue_failed",
+                    &format!("cannot queue the delivery: {e}"),
+                )
+            }
+        };
+        let mut patched = Vec::new();
+        let mut unmatched = Vec::new();
+        let mut queued = Vec::new();
+        let mut failed = Vec::new();
+        for (target, outcome) in &delivered.results {
+            match outcome {
+                Some(Outcome::Patched {
+                    patched: p,
+                    unmatched: none,
+                }) => {
+                    patched.extend(p.iter().cloned());
+                    if *none {
+                        unmatched.push(target.to_string());
+                    }
+                }
+                Some(Outcome::Refused(e)) => failed.push(format!("{target}: {e}")),
+                Some(Outcome::Dropped(why)) => failed.push(format!("{target}: {why}")),
+                None => queued.push(target.to_string()),
+            }
+        }
+        log.patched = patched.len();
+        if !failed.is_empty() {
+            return Answer::text(
+                502,
+                "relay_refused",
+                &format!(
+                    "the Kubernetes API did not accept the reconcile request: {}",
+                    failed.join("; ")
+                ),
             );
         }
-        let reasons: Vec<String> = out
-            .failed
-            .iter()
-            .map(|(what, e)| format!("{what}: {e}"))
-            .collect();
-        Answer::text(
-            502,
-            "relay_failed",
-            &format!(
-                "the Kubernetes API did not accept the reconcile request: {}",
-                reasons.join("; ")
-            ),
-        )
+        let mut summary = json!({
+            "receiver": receiver.label,
+            "event": log.event,
+            "requestedAt": delivered.requested_at,
+            "patched": patched,
+            "unmatched": unmatched,
+        });
+        if queued.is_empty() {
+            return Answer::json(200, "relayed", &summary);
+        }
+        summary["queued"] = json!(queued);
+        Answer::json(202, "queued", &summary)
     }
 
     fn too_large(&self) -> Answer {

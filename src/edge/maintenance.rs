@@ -1,8 +1,10 @@
-//! Background work: refreshing named range sets and sweeping the defences' state.
+//! Background work: the relay queue, refreshing named range sets, and sweeping the defences'
+//! state.
 
 use crate::guard::ranges::RangeSet;
 use crate::guard::Guard;
 use crate::metrics;
+use crate::relay::queue::Queue;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -74,5 +76,19 @@ impl BackgroundService for Maintenance {
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+/// Works the relay queue until the process ends.
+pub struct RelayWorker {
+    pub queue: Arc<Queue>,
+}
+
+#[async_trait]
+impl BackgroundService for RelayWorker {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        // Not stopped at the shutdown signal: during the grace period the queue keeps draining.
+        // Whatever is still queued when the process ends stays on disk for the next one.
+        self.queue.clone().run().await;
     }
 }

@@ -9,7 +9,10 @@ pub mod tls;
 
 use crate::config::Settings;
 use crate::guard::Guard;
+use crate::relay::job::Job;
 use crate::relay::kube::KubeApi;
+use crate::relay::queue::Queue;
+use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
@@ -38,12 +41,34 @@ pub fn check_bind(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// Opens the relay queue: this process's file in `relay.queue_dir`, with the jobs left by
+/// processes that are gone, or an in-memory queue.
+pub fn open_queue(settings: &Settings) -> Result<(Store, Vec<Job>), String> {
+    match &settings.relay.queue_dir {
+        Some(dir) => Store::open(dir).map_err(|e| format!("relay.queue_dir: {e}")),
+        None => {
+            tracing::warn!(
+                "relay.queue_dir is not set: queued deliveries will not survive a restart"
+            );
+            Ok((Store::memory(), Vec::new()))
+        }
+    }
+}
+
 /// Runs the gateway until a signal stops it. Never returns.
 pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+    let (store, resumed) = match open_queue(&settings) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("fluxgate: {e}");
+            std::process::exit(1);
+        }
+    };
     let conf = ServerConf {
         threads: settings.server.threads,
-        grace_period_seconds: Some(5),
-        graceful_shutdown_timeout_seconds: Some(5),
+        grace_period_seconds: Some(settings.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(settings.server.shutdown_timeout.as_secs()),
+        upgrade_sock: settings.server.upgrade_sock.display().to_string(),
         ..Default::default()
     };
     let opt = Opt {
@@ -53,7 +78,14 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let relay = Arc::new(Relay::new(KubeApi::new(kube)));
+    let api = Arc::new(KubeApi::new(kube));
+    let queue = Arc::new(Queue::new(
+        store,
+        api.clone(),
+        settings.relay.queue.clone(),
+        resumed,
+    ));
+    let relay = Arc::new(Relay::new(api, queue.clone(), settings.relay.wait));
     let guard = Arc::new(Guard::new(
         &settings.limits,
         settings.server.trusted_proxies.clone(),
@@ -117,8 +149,13 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
             ranges: settings.ranges.values().cloned().collect(),
         },
     );
+    let worker = pingora::services::background::background_service(
+        "fluxgate relay",
+        maintenance::RelayWorker { queue },
+    );
     server.add_service(hooks);
     server.add_service(admin);
     server.add_service(maintenance);
+    server.add_service(worker);
     server.run_forever()
 }

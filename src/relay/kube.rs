@@ -21,6 +21,8 @@ pub enum ApiError {
         code: u16,
         reason: String,
         message: String,
+        /// The API server's `retryAfterSeconds` (429 and some 5xx).
+        retry_after: Option<u64>,
     },
     /// It could not be reached or did not answer in time.
     Unreachable(String),
@@ -33,6 +35,7 @@ impl std::fmt::Display for ApiError {
                 code,
                 reason,
                 message,
+                ..
             } => write!(f, "{code} {reason}: {message}"),
             ApiError::Unreachable(e) => write!(f, "unreachable: {e}"),
         }
@@ -46,8 +49,39 @@ impl From<kube::Error> for ApiError {
                 code: s.code,
                 reason: s.reason.clone(),
                 message: one_line(&s.message),
+                retry_after: s
+                    .details
+                    .as_ref()
+                    .map(|d| u64::from(d.retry_after_seconds))
+                    .filter(|n| *n > 0),
             },
             other => ApiError::Unreachable(one_line(&error_chain(&other))),
+        }
+    }
+}
+
+impl ApiError {
+    /// A refusal that no retry can change: bad request, forbidden, missing object, invalid.
+    /// Everything else (unreachable, timeouts, 401 while a token rotates, 409, 429, 5xx) is
+    /// worth another try.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ApiError::Refused { code, .. } => !matches!(code, 401 | 408 | 409 | 429) && *code < 500,
+            ApiError::Unreachable(_) => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Refused { retry_after, .. } => retry_after.map(Duration::from_secs),
+            ApiError::Unreachable(_) => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ApiError::Refused { code, .. } => Some(*code),
+            ApiError::Unreachable(_) => None,
         }
     }
 }

@@ -1,12 +1,18 @@
-//! The relay: turns a verified delivery into "reconcile now" requests on its targets.
+//! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
+//! durable queue until the Kubernetes API has accepted them.
 
+pub mod job;
 pub mod kube;
+pub mod queue;
+pub mod store;
 pub mod target;
 
-use self::kube::{ApiError, KubeApi};
-use self::target::{Select, Target};
+use self::kube::KubeApi;
+use self::queue::{Outcome, Queue};
+use self::target::Target;
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One object that was asked to reconcile.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -18,107 +24,45 @@ pub struct Patched {
     pub name: String,
 }
 
-/// What happened to every target of one delivery.
-#[derive(Debug, Default)]
-pub struct Outcome {
+/// What is known of a delivery's jobs when it is answered: the outcome of each target, or
+/// `None` where the job is still queued.
+pub struct Delivered {
     pub requested_at: String,
-    pub patched: Vec<Patched>,
-    /// Label selectors that matched nothing: not an error, as in Flux, but worth showing.
-    pub unmatched: Vec<String>,
-    pub failed: Vec<(String, ApiError)>,
+    pub results: Vec<(Target, Option<Outcome>)>,
 }
 
 pub struct Relay {
-    api: KubeApi,
+    api: Arc<KubeApi>,
+    pub queue: Arc<Queue>,
+    wait: Duration,
 }
 
 impl Relay {
-    pub fn new(api: KubeApi) -> Self {
-        Relay { api }
+    pub fn new(api: Arc<KubeApi>, queue: Arc<Queue>, wait: Duration) -> Self {
+        Relay { api, queue, wait }
     }
 
     pub fn api(&self) -> &KubeApi {
         &self.api
     }
 
-    /// Patches every target. A failure on one does not stop the others, as in Flux.
-    pub async fn reconcile(&self, targets: &[Target]) -> Outcome {
-        let mut out = Outcome {
-            requested_at: requested_at(),
-            ..Default::default()
-        };
-        for t in targets {
-            let names = match &t.select {
-                Select::Name(n) => vec![n.clone()],
-                Select::Labels(_) => {
-                    let selector = t.label_selector().unwrap_or_default();
-                    match self.api.list_names(t, &selector).await {
-                        Ok(names) if names.is_empty() => {
-                            out.unmatched.push(t.to_string());
-                            continue;
-                        }
-                        Ok(names) => names,
-                        Err(e) => {
-                            out.failed.push((t.to_string(), e));
-                            continue;
-                        }
-                    }
-                }
-            };
-            for name in names {
-                match self
-                    .api
-                    .request_reconcile(t, &name, &out.requested_at)
-                    .await
-                {
-                    Ok(()) => out.patched.push(Patched {
-                        api_version: t.api_version(),
-                        kind: t.kind.clone(),
-                        namespace: t.namespace.clone(),
-                        name,
-                    }),
-                    Err(e) => out
-                        .failed
-                        .push((format!("{} {}/{}", t.kind, t.namespace, name), e)),
-                }
-            }
-        }
-        out
-    }
-}
-
-/// RFC 3339 with nanoseconds, as `flux reconcile` writes it. Flux reconciles when the value
-/// changes, so two deliveries in the same nanosecond must still get different values: the clock
-/// is forced forward by at least one nanosecond per call.
-pub fn requested_at() -> String {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    // u64 nanoseconds since 1970 last until the year 2554.
-    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
-    let prev = LAST
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(now.max(last + 1))
-        })
-        .unwrap_or(now);
-    let nanos = now.max(prev + 1);
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
+    /// Queues the delivery (durably, when the queue is) and waits up to `relay.wait` for its
+    /// jobs. An error means it could not be queued at all.
+    pub async fn deliver(&self, targets: &[Target]) -> Result<Delivered, String> {
+        let generation = job::next_generation();
+        let waiting = self.queue.submit(targets, generation).await?;
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut results = Vec::with_capacity(targets.len());
+        for (t, rx) in targets.iter().zip(waiting) {
+            let outcome = tokio::time::timeout_at(deadline, rx)
+                .await
                 .ok()
+                .and_then(Result::ok);
+            results.push((t.clone(), outcome));
+        }
+        Ok(Delivered {
+            requested_at: job::requested_at(generation),
+            results,
         })
-        .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requested_at_is_rfc3339_and_strictly_increasing() {
-        let a = requested_at();
-        let b = requested_at();
-        assert_ne!(a, b);
-        assert!(a.ends_with('Z') && a.contains('T'), "{a}");
-        time::OffsetDateTime::parse(&b, &time::format_description::well_known::Rfc3339).unwrap();
     }
 }

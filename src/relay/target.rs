@@ -56,13 +56,13 @@ fn current_api_version(kind: &str) -> &'static str {
 }
 
 /// Which objects of the kind: one by name, or every match of a label selector (`name = "*"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Select {
     Name(String),
     Labels(BTreeMap<String, String>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub group: String,
     pub version: String,
@@ -165,6 +165,18 @@ impl Target {
             namespace,
             select,
         })
+    }
+
+    /// Identifies the object (or selector) a job is for: deliveries with the same key coalesce.
+    pub fn key(&self) -> String {
+        let what = match &self.select {
+            Select::Name(n) => n.clone(),
+            Select::Labels(_) => format!("*?{}", self.label_selector().unwrap_or_default()),
+        };
+        format!(
+            "{}/{}/{}/{}/{}",
+            self.group, self.version, self.plural, self.namespace, what
+        )
     }
 
     pub fn api_version(&self) -> String {

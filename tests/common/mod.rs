@@ -394,3 +394,165 @@ pub async fn raw_tls(
         .await
         .unwrap()
 }
+
+// ---- Process life cycle, for the relay queue's restart, shutdown and upgrade tests ----
+
+/// Sends `signal` (a name such as `TERM`, `QUIT` or `KILL`) to process `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// Waits until `path` exists, up to `limit`; `true` if it does.
+pub fn wait_for_file(path: &Path, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while !path.exists() {
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Waits for `child` to exit, up to `limit`; its exit status, or `None` if it still runs.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Like [`wait_exit`], without blocking a runtime thread, for async tests whose other tasks must
+/// keep running meanwhile.
+pub async fn wait_exit_async(
+    child: &mut Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Another `fluxgate` process started beside a [`Gateway`] (say, the new process of a graceful
+/// upgrade), with its own log. Dropping it kills it and checks its log for a panic.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let logs = self.logs();
+            assert!(
+                !logs.contains("panicked at"),
+                "fluxgate ({}) panicked:\n{logs}",
+                self.log.display()
+            );
+        }
+    }
+}
+
+impl Gateway {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The configuration file the gateway was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.setup.path("fluxgate.toml")
+    }
+
+    /// Sends `signal` (`TERM`, `QUIT`, ...) to the gateway process.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// Starts another `fluxgate serve <extra_args> --config <the same file>`, logging to
+    /// `log_name` in the test's folder, without waiting for it. `&["-u"]` makes the process
+    /// of a graceful upgrade, which waits on `server.upgrade_sock` for the listening sockets.
+    pub fn spawn_serve(&self, extra_args: &[&str], log_name: &str) -> Proc {
+        let log = self.setup.path(log_name);
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(extra_args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc { child, log }
+    }
+
+    /// Starts a new `fluxgate serve` on the same configuration, ports and stand-in API once
+    /// the current process is gone (it is killed if it still runs), and waits until it is
+    /// healthy. Its log is appended to the same file, so [`logs`](Self::logs) shows both.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .unwrap();
+        {
+            use std::io::Write;
+            let _ = writeln!(log, "\n----- test harness: restarting fluxgate -----");
+        }
+        self.child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_healthy();
+    }
+
+    /// Makes `next` the gateway's process, after a graceful upgrade handed it the listening
+    /// sockets. The previous process is killed if it still runs, its log is checked for a
+    /// panic, and the gateway is waited on until healthy.
+    pub fn adopt(&mut self, mut next: Proc) {
+        std::mem::swap(&mut self.child, &mut next.child);
+        std::mem::swap(&mut self.log, &mut next.log);
+        drop(next);
+        self.wait_healthy();
+    }
+}

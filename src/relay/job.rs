@@ -1,0 +1,87 @@
+//! A relay job: "reconcile this target, as of this delivery".
+
+use super::target::Target;
+use serde::{Deserialize, Serialize};
+
+/// One job per target. `generation` is the newest delivery's time in nanoseconds since 1970;
+/// it only grows, and the patch carries it as the requestedAt value, so a later patch is never
+/// older than a delivery it absorbed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub target: Target,
+    pub generation: u64,
+    /// When the oldest delivery still waiting in this job arrived, for `max_age`.
+    pub since: u64,
+    pub attempts: u32,
+}
+
+impl Job {
+    pub fn new(target: Target, generation: u64) -> Self {
+        Job {
+            target,
+            generation,
+            since: generation,
+            attempts: 0,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        self.target.key()
+    }
+
+    /// Takes in a later (or earlier, after a restart) copy of the same target's job.
+    pub fn absorb(&mut self, other: &Job) {
+        self.generation = self.generation.max(other.generation);
+        self.since = self.since.min(other.since);
+    }
+}
+
+/// The requestedAt value for a generation: RFC 3339 with nanoseconds, as `flux reconcile`
+/// writes it.
+pub fn requested_at(generation: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(generation))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Nanoseconds since 1970, strictly increasing across calls: Flux reconciles only when the
+/// annotation changes, so two deliveries in the same nanosecond must still differ.
+pub fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    // u64 nanoseconds since 1970 last until the year 2554.
+    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
+    let prev = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(prev + 1)
+}
+
+pub fn now_nanos() -> u64 {
+    u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generations_increase_and_format_as_rfc3339() {
+        let a = next_generation();
+        let b = next_generation();
+        assert!(b > a);
+        let s = requested_at(b);
+        assert!(s.ends_with('Z') && s.contains('T'), "{s}");
+        time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(
+            requested_at(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456789Z"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The relay queue: jobs waiting for the API server, coalesced per target, retried with
+//! backoff, and handed back to the deliveries waiting on them.
+
+use super::job::{now_nanos, requested_at, Job};
+use super::kube::{ApiError, KubeApi};
+use super::store::{Store, ADOPT_EVERY};
+use super::target::{Select, Target};
+use super::Patched;
+use crate::metrics;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, Notify, Semaphore};
+
+/// How the queue treats the API server.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Patches in flight at once.
+    pub max_in_flight: usize,
+    /// A target is patched at most once per this interval; deliveries in between coalesce.
+    pub min_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_age: Duration,
+    /// 0: no limit.
+    pub max_attempts: u32,
+}
+
+/// What finally happened to a delivery's job.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Patched {
+        patched: Vec<Patched>,
+        unmatched: bool,
+    },
+    Refused(ApiError),
+    Dropped(String),
+}
+
+struct Entry {
+    job: Job,
+    in_flight: bool,
+    ready_at: Instant,
+    /// Deliveries waiting for a patch at least as new as their generation.
+    waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
+}
+
+pub struct Queue {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// When each target was last patched, for `min_interval`.
+    last_patch: Mutex<HashMap<String, Instant>>,
+    wake: Notify,
+    permits: Arc<Semaphore>,
+    store: Store,
+    api: Arc<KubeApi>,
+    settings: QueueSettings,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Queue {
+    pub fn new(
+        store: Store,
+        api: Arc<KubeApi>,
+        settings: QueueSettings,
+        resumed: Vec<Job>,
+    ) -> Self {
+        let q = Queue {
+            entries: Mutex::new(HashMap::new()),
+            last_patch: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            permits: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+            store,
+            api,
+            settings,
+        };
+        q.insert(resumed, None);
+        q
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.store.is_durable()
+    }
+
+    /// Queues one job per target, on disk first; returns one receiver per target, in order.
+    pub async fn submit(
+        &self,
+        targets: &[Target],
+        generation: u64,
+    ) -> Result<Vec<oneshot::Receiver<Outcome>>, String> {
+        let jobs: Vec<Job> = targets
+            .iter()
+            .map(|t| Job::new(t.clone(), generation))
+            .collect();
+        self.store.put(jobs.clone()).await?;
+        let (txs, rxs): (Vec<_>, Vec<_>) = jobs.iter().map(|_| oneshot::channel()).unzip();
+        self.insert(jobs, Some(txs));
+        Ok(rxs)
+    }
+
+    fn insert(&self, jobs: Vec<Job>, waiters: Option<Vec<oneshot::Sender<Outcome>>>) {
+        let now = Instant::now();
+        let last = lock(&self.last_patch);
+        let mut entries = lock(&self.entries);
+        let mut waiters = waiters.map(|w| w.into_iter());
+        for job in jobs {
+            let key = job.key();
+            let generation = job.generation;
+            let ready_at = last
+                .get(&key)
+                .map_or(now, |t| (*t + self.settings.min_interval).max(now));
+            let e = entries.entry(key).or_insert_with(|| Entry {
+                job: job.clone(),
+                in_flight: false,
+                ready_at,
+                waiters: Vec::new(),
+            });
+            e.job.absorb(&job);
+            if let Some(tx) = waiters.as_mut().and_then(|w| w.next()) {
+                e.waiters.push((generation, tx));
+            }
+        }
+        drop(entries);
+        drop(last);
+        self.update_gauges();
+        self.wake.notify_one();
+    }
+
+    fn update_gauges(&self) {
+        let entries = lock(&self.entries);
+        let m = metrics::get();
+        m.queue_depth.set(entries.len() as i64);
+        let oldest = entries.values().map(|e| e.job.since).min();
+        let age = oldest.map_or(0.0, |s| now_nanos().saturating_sub(s) as f64 / 1e9);
+        m.queue_oldest_seconds.set(age);
+    }
+
+    /// Runs the queue until the process ends. Jobs in flight when it ends stay on disk and are
+    /// resumed by the next process.
+    pub async fn run(self: Arc<Self>) {
+        let mut next_adopt = Instant::now() + ADOPT_EVERY;
+        loop {
+            let now = Instant::now();
+            if self.store.is_durable() && now >= next_adopt {
+                let adopted = self.store.adopt().await;
+                if !adopted.is_empty() {
+                    self.insert(adopted, None);
+                }
+                next_adopt = now + ADOPT_EVERY;
+            }
+            let mut wake_at = next_adopt;
+            let mut ready = Vec::new();
+            {
+                let mut entries = lock(&self.entries);
+                let mut free = self.permits.available_permits();
+                for (key, e) in entries.iter_mut() {
+                    if e.in_flight {
+                        continue;
+                    }
+                    if e.ready_at > now {
+                        wake_at = wake_at.min(e.ready_at);
+                    } else if free > 0 {
+                        free -= 1;
+                        e.in_flight = true;
+                        ready.push((key.clone(), e.job.clone()));
+                    }
+                }
+            }
+            for (key, job) in ready {
+                let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                let q = self.clone();
+                tokio::spawn(async move {
+                    q.execute(key, job).await;
+                    drop(permit);
+                });
+            }
+            self.update_gauges();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+            }
+        }
+    }
+
+    async fn execute(self: Arc<Self>, key: String, job: Job) {
+        let at = requested_at(job.generation);
+        let started = Instant::now();
+        let result = self.attempt(&job.target, &at).await;
+        let m = metrics::get();
+        m.patch_seconds
+            .with_label_values(&[job.target.kind.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let now = Instant::now();
+        let mut remove = None;
+        {
+            let mut entries = lock(&self.entries);
+            let Some(e) = entries.get_mut(&key) else {
+                return;
+            };
+            e.in_flight = false;
+            let newer = e.job.generation > job.generation;
+            let result_label;
+            match result {
+                Ok((patched, unmatched)) => {
+                    result_label = "patched";
+                    lock(&self.last_patch).insert(key.clone(), now);
+                    resolve(
+                        &mut e.waiters,
+                        job.generation,
+                        &Outcome::Patched { patched, unmatched },
+                    );
+                    e.job.attempts = 0;
+                    e.ready_at = now + self.settings.min_interval;
+                    remove = Some(job.generation);
+                    if !newer {
+                        entries.remove(&key);
+                    }
+                }
+                Err(err) if err.is_permanent() => {
+                    result_label = "refused";
+                    tracing::error!(target_object = %describe(&job.target), "the Kubernetes API refused the reconcile request for good: {err}");
+                    resolve(&mut e.waiters, job.generation, &Outcome::Refused(err));
+                    e.ready_at = now;
+                    remove = Some(job.generation);
+                    if !newer {
+                        entries.remove(&key);
+                    }
+                }
+                Err(err) => {
+                    e.job.attempts += 1;
+                    let age = Duration::from_nanos(now_nanos().saturating_sub(e.job.since));
+                    let out_of_attempts = self.settings.max_attempts > 0
+                        && e.job.attempts >= self.settings.max_attempts;
+                    if age >= self.settings.max_age || out_of_attempts {
+                        result_label = "dropped";
+                        let why = format!(
+                            "gave up after {} attempts over {}: {err}",
+                            e.job.attempts,
+                            humantime::format_duration(Duration::from_secs(age.as_secs()))
+                        );
+                        tracing::error!(target_object = %describe(&job.target), "dropping the relay job: {why}");
+                        resolve(&mut e.waiters, u64::MAX, &Outcome::Dropped(why));
+                        remove = Some(e.job.generation);
+                        entries.remove(&key);
+                    } else {
+                        result_label = "retried";
+                        let wait = err
+                            .retry_after()
+                            .unwrap_or_else(|| self.backoff(e.job.attempts));
+                        tracing::warn!(target_object = %describe(&job.target), attempt = e.job.attempts, retry_in_ms = wait.as_millis() as u64, "reconcile request failed, will retry: {err}");
+                        e.ready_at = now + wait;
+                    }
+                }
+            }
+            m.relay_jobs
+                .with_label_values(&[job.target.kind.as_str(), result_label])
+                .inc();
+        }
+        if let Some(generation) = remove {
+            if let Err(e) = self.store.remove(key, generation).await {
+                tracing::error!("cannot remove a finished job from the queue: {e}");
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Exponential backoff with jitter: between half and all of base × 2^(attempt-1), capped.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
+        let cap = exp.min(self.settings.backoff_max);
+        cap.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    /// One try at a target: a merge patch on a named object, or a list and a patch of each
+    /// match for a label selector.
+    async fn attempt(&self, t: &Target, at: &str) -> Result<(Vec<Patched>, bool), ApiError> {
+        let names = match &t.select {
+            Select::Name(n) => vec![n.clone()],
+            Select::Labels(_) => {
+                self.api
+                    .list_names(t, &t.label_selector().unwrap_or_default())
+                    .await?
+            }
+        };
+        let unmatched = names.is_empty();
+        let mut patched = Vec::new();
+        for name in names {
+            match self.api.request_reconcile(t, &name, at).await {
+                Ok(()) => patched.push(Patched {
+                    api_version: t.api_version(),
+                    kind: t.kind.clone(),
+                    namespace: t.namespace.clone(),
+                    name,
+                }),
+                // Deleted between the list and the patch: nothing left to reconcile.
+                Err(e) if matches!(t.select, Select::Labels(_)) && e.code() == Some(404) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((patched, unmatched))
+    }
+}
+
+/// Hands the outcome to every delivery whose generation this attempt covered.
+fn resolve(waiters: &mut Vec<(u64, oneshot::Sender<Outcome>)>, upto: u64, outcome: &Outcome) {
+    let mut i = 0;
+    while i < waiters.len() {
+        if waiters[i].0 <= upto {
+            let (_, tx) = waiters.swap_remove(i);
+            let _ = tx.send(outcome.clone());
+        } else {
+            i += 1;
+        }
+    }
+}
+
+pub fn describe(t: &Target) -> String {
+    t.to_string()
+}
