@@ -238,7 +238,7 @@ impl Stream {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // A hard bound, so that a test that never stops its stream still ends.
-            let until = Instant::now() + Duration::from_secs(25);
+            let until = Instant::now() + Duration::from_secs(20);
             while !flag.load(Ordering::SeqCst)
                 && Instant::now() < until
                 && !(stop_when_refused && refused.load(Ordering::SeqCst))
@@ -326,6 +326,20 @@ async fn expect_requested_at(
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to 3 s) until the stand-in has received no request for 300 ms.
+async fn settle(gw: &Gateway) {
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut n = gw.api.requests().len();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = gw.api.requests().len();
+        if now == n {
+            return;
+        }
+        n = now;
     }
 }
 
@@ -588,6 +602,9 @@ async fn retry_after_on_a_429_is_honoured() {
     let sender = Sender::new(&gw, "slow", "slow-secret", false);
     let path = git_path("app");
 
+    // The stand-in fails the next request, whatever it is: let the gateway's own start-up
+    // calls (a readiness check of the API, say) finish first, so the 429 meets the PATCH.
+    settle(&gw).await;
     gw.api.fail_next(1, 429, Some(2));
     let delivery = tokio::spawn(async move { sender.deliver().await });
     // Stamp each request the stand-in records with the moment it was first seen.
@@ -616,12 +633,6 @@ async fn retry_after_on_a_429_is_honoured() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let reply = delivery.await.unwrap();
-    assert_eq!(
-        reply.status, 202,
-        "the patch waits 2 s (Retry-After) and relay.wait is 500ms: {}",
-        reply.text
-    );
-    assert_eq!(reply.queued(), ["GitRepository flux-system/app"]);
 
     let (i, (refused_at, first)) = seen
         .iter()
@@ -645,6 +656,12 @@ async fn retry_after_on_a_429_is_honoured() {
         next.status
     );
     assert!(next.status < 300, "the retry succeeded: {}", next.status);
+    assert_eq!(
+        reply.status, 202,
+        "the patch waits 2 s (Retry-After) and relay.wait is 500ms: {}",
+        reply.text
+    );
+    assert_eq!(reply.queued(), ["GitRepository flux-system/app"]);
     let at = gw
         .annotation(GIT, "GitRepository", "flux-system", "app")
         .expect("the target was patched");
@@ -676,6 +693,10 @@ async fn sigterm_during_a_stream_of_deliveries_loses_no_answered_delivery() {
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The API goes away just before SIGTERM, so the jobs of the last deliveries cannot be
+    // finished by this process: only the queue on disk can carry them over to the next.
+    gw.api.set_down(true);
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let term = Instant::now();
     gw.signal("TERM");
     let status = wait_exit_async(&mut gw.child, Duration::from_secs(12)).await;
@@ -696,11 +717,17 @@ async fn sigterm_during_a_stream_of_deliveries_loses_no_answered_delivery() {
         .collect();
     let failed: Vec<&Failed> = sent.iter().filter_map(|r| r.as_ref().err()).collect();
     eprintln!(
-        "{} deliveries: {} answered 200/202, {} answered otherwise {others:?}, {} without an answer",
+        "{} deliveries: {} answered 200/202, {} answered otherwise {others:?}, {} without an \
+         answer {failed:?}",
         sent.len(),
         answered.len(),
         others.len(),
         failed.len()
+    );
+    let dropped: Vec<&&Failed> = failed.iter().filter(|f| !f.connect).collect();
+    assert!(
+        dropped.is_empty(),
+        "a request fluxgate had accepted must be finished after SIGTERM, not dropped: {dropped:?}"
     );
     assert!(
         answered.len() >= 5,
@@ -711,8 +738,13 @@ async fn sigterm_during_a_stream_of_deliveries_loses_no_answered_delivery() {
         failed.iter().any(|f| f.connect),
         "once fluxgate exited, connections must be refused: {failed:?}"
     );
+    assert!(
+        answered.iter().any(|r| r.status == 202),
+        "deliveries answered while the API was down are answered 202"
+    );
     let last = newest(&answered);
 
+    gw.api.set_down(false);
     gw.restart();
     expect_requested_at(
         &gw,
@@ -741,7 +773,9 @@ async fn graceful_upgrade_hands_over_without_a_refused_connection_or_a_lost_deli
             "wait = \"100ms\"\nmin_interval = \"1s\"\nbackoff_base = \"100ms\"\nbackoff_max = \"500ms\"",
         ));
     let r = receiver(&s, "upgrade", "upgrade-secret", &gitrepos(&names));
-    let mut gw = s.receiver(&r).start();
+    // A second receiver, for a job only the old process ever holds.
+    let side = receiver(&s, "side", "side-secret", &gitrepos(&["lonely"]));
+    let mut gw = s.receiver(&r).receiver(&side).start();
     let stream = Stream::start(
         Sender::new(&gw, "upgrade", "upgrade-secret", true),
         Duration::from_millis(20),
@@ -767,6 +801,15 @@ async fn graceful_upgrade_hands_over_without_a_refused_connection_or_a_lost_deli
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // With the API down from here until the old process is gone, that process cannot finish
+    // its jobs: the new one must adopt its queue file once it exits. The delivery to `side`
+    // is answered by the old process alone (the new one has no socket yet).
+    gw.api.set_down(true);
+    let side = Sender::new(&gw, "side", "side-secret", false)
+        .deliver()
+        .await;
+    assert_eq!(side.status, 202, "the API is down: {}", side.text);
+    assert_eq!(side.queued(), ["GitRepository flux-system/lonely"]);
     let quit = Instant::now();
     gw.signal("QUIT");
     // pingora keeps the old process accepting for 5 s after handing the sockets over, then
@@ -778,6 +821,7 @@ async fn graceful_upgrade_hands_over_without_a_refused_connection_or_a_lost_deli
         gw.logs()
     );
     eprintln!("the old process exited {:?} after SIGQUIT", quit.elapsed());
+    gw.api.set_down(false);
     assert!(
         next.child.try_wait().unwrap().is_none(),
         "the new process must still run:\n{}",
@@ -826,6 +870,14 @@ async fn graceful_upgrade_hands_over_without_a_refused_connection_or_a_lost_deli
         "after a graceful upgrade",
     )
     .await;
+    expect_requested_at(
+        &gw,
+        &["lonely"],
+        side.requested_at(),
+        Duration::from_secs(10),
+        "the new process adopts the old one's queue file once it exits",
+    )
+    .await;
     gw.signal("TERM");
     assert!(
         wait_exit_async(&mut gw.child, Duration::from_secs(10))
@@ -854,13 +906,25 @@ async fn a_burst_of_a_thousand_deliveries_makes_a_handful_of_patches() {
         .collect();
 
     let started = Instant::now();
+    // Bounded even when the gateway stalls: what has no answer by then counts as a failure.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
     let mut set = tokio::task::JoinSet::new();
     for w in 0..50 {
         let s = senders[w % senders.len()].clone();
         set.spawn(async move {
             let mut out = Vec::new();
             for _ in 0..20 {
-                out.push(s.send().await);
+                out.push(
+                    tokio::time::timeout_at(deadline, s.send())
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Failed {
+                                id: "-".into(),
+                                error: "no answer within 12 s of the burst's start".into(),
+                                connect: false,
+                            })
+                        }),
+                );
             }
             out
         });
