@@ -3,7 +3,7 @@
 use crate::config::Settings;
 use crate::edge::{self, RunOptions};
 use crate::hook_path::flux_hook_path;
-use crate::relay::kube::{load_config, KubeApi};
+use crate::relay::kube::load_config;
 use crate::secret::Secret;
 use crate::verify::{signature, Algorithm, ReceiverType};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -107,7 +107,7 @@ pub fn main() -> i32 {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve { config, upgrade } => serve(&config, RunOptions { upgrade }),
-        Command::Check { config, offline } => check(&config, offline),
+        Command::Check { config, offline } => crate::check::run(&config, offline),
         Command::HookPath {
             token,
             name,
@@ -132,15 +132,19 @@ pub fn main() -> i32 {
 }
 
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::metrics::HandshakeFailures);
     let _ = match format {
-        LogFormat::Text => b.try_init(),
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
 }
 
@@ -169,38 +173,7 @@ pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
     if !opts.upgrade {
         edge::check_bind(&settings)?;
     }
-    edge::run(settings, kube, opts)
-}
-
-fn check(config: &Path, offline: bool) -> Result<(), String> {
-    let (settings, kube) = prepare(config)?;
-    let url = kube.cluster_url.to_string();
-    println!("configuration {}: ok", config.display());
-    for w in &settings.warnings {
-        println!("warning: {w}");
-    }
-    for r in &settings.receivers {
-        println!(
-            "receiver {}/{} ({}): {} → {} target(s)",
-            r.namespace,
-            r.name,
-            r.kind,
-            r.path,
-            r.targets.len()
-        );
-    }
-    if offline {
-        return Ok(());
-    }
-    let api = KubeApi::new(kube);
-    if let Some(dir) = &settings.relay.queue_dir {
-        println!("relay queue: {}", dir.display());
-    }
-    one_shot_runtime()?
-        .block_on(api.check_reachable())
-        .map_err(|e| format!("kubernetes: {url}: {e}"))?;
-    println!("kubernetes API {url}: reachable with the configured credentials");
-    Ok(())
+    edge::run(config, settings, kube, opts)
 }
 
 fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> {

@@ -155,7 +155,7 @@ resources = [
         body = body_path.display(),
     );
     std::thread::spawn(move || report_patches(standin));
-    edge::run(settings, kube, RunOptions::default())
+    edge::run(&config_path, settings, kube, RunOptions::default())
 }
 
 /// Shows what reached the API, so a new user sees the delivery arrive at the cluster side.

@@ -2,19 +2,22 @@
 //! by namespace/name (or "-" for requests that matched none), never by path or delivery id.
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder,
-    Gauge, HistogramVec, IntCounterVec, IntGauge, TextEncoder,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
 pub struct Metrics {
-    /// Every request on the hook listener, by receiver and outcome (relayed, duplicate, ping,
-    /// or the refusal's cause).
-    pub requests: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    /// Every request on the hook listener, by receiver, receiver type and outcome (relayed,
+    /// queued, duplicate, ping, or the refusal's cause).
+    pub deliveries: IntCounterVec,
     pub request_seconds: HistogramVec,
     /// Connections closed before the TLS handshake, by reason.
     pub connections_refused: IntCounterVec,
     pub open_connections: IntGauge,
+    pub tls_handshake_failures: IntCounter,
     /// Range-set refreshes, by set and result.
     pub range_refreshes: IntCounterVec,
     /// Relay job attempts, by target kind and result (patched, refused, retried, dropped).
@@ -22,14 +25,28 @@ pub struct Metrics {
     pub patch_seconds: HistogramVec,
     pub queue_depth: IntGauge,
     pub queue_oldest_seconds: Gauge,
+    pub kubernetes_api_up: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub last_reload_successful: IntGauge,
+    pub certificate_expiry: Gauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
+    let build_info = register_int_gauge_vec!(
+        "fluxgate_build_info",
+        "Always 1; the labels say which fluxgate this is.",
+        &["version"]
+    )?;
+    build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
     Ok(Metrics {
-        requests: register_int_counter_vec!(
-            "fluxgate_requests_total",
-            "Requests on the hook listener, by receiver and outcome.",
-            &["receiver", "outcome"]
+        build_info,
+        deliveries: register_int_counter_vec!(
+            "fluxgate_deliveries_total",
+            "Requests on the hook listener, by receiver, receiver type and outcome.",
+            &["receiver", "type", "outcome"]
         )?,
         request_seconds: register_histogram_vec!(
             "fluxgate_request_duration_seconds",
@@ -48,6 +65,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         open_connections: register_int_gauge!(
             "fluxgate_open_connections",
             "Connections open on the hook listener after the TLS handshake."
+        )?,
+        tls_handshake_failures: register_int_counter!(
+            "fluxgate_tls_handshake_failures_total",
+            "TLS handshakes on the hook listener that failed or timed out."
         )?,
         range_refreshes: register_int_counter_vec!(
             "fluxgate_range_refreshes_total",
@@ -73,6 +94,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "fluxgate_relay_queue_oldest_job_age_seconds",
             "Age of the oldest delivery still waiting in the relay queue."
         )?,
+        kubernetes_api_up: register_int_gauge!(
+            "fluxgate_kubernetes_api_up",
+            "1 when the last check of the Kubernetes API with the configured credentials succeeded."
+        )?,
+        config_reloads: register_int_counter_vec!(
+            "fluxgate_config_reloads_total",
+            "Configuration reloads (SIGHUP or a changed file), by result (ok, failed).",
+            &["result"]
+        )?,
+        last_reload_success: register_gauge!(
+            "fluxgate_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (Unix time)."
+        )?,
+        last_reload_successful: register_int_gauge!(
+            "fluxgate_config_last_reload_successful",
+            "1 when the last configuration (re)load succeeded, 0 when it failed."
+        )?,
+        certificate_expiry: register_gauge!(
+            "fluxgate_tls_certificate_expiry_timestamp_seconds",
+            "When the served certificate expires (notAfter, Unix time)."
+        )?,
     })
 }
 
@@ -83,10 +125,77 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
+/// Creates, at 0, the series alerts watch for a first increase (refusals, failed reloads,
+/// dropped jobs): a series that appears only at its first event shows no increase to alert on.
+pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_sets: &[&str]) {
+    let m = get();
+    for r in receivers {
+        for outcome in [
+            "relayed",
+            "queued",
+            "relay_refused",
+            "queue_failed",
+            "bad_signature",
+            "not_allowed",
+            "rate_limited",
+        ] {
+            m.deliveries
+                .with_label_values(&[r.label.as_str(), r.kind.as_str(), outcome]);
+        }
+        for t in &r.targets {
+            for result in ["patched", "refused", "retried", "dropped"] {
+                m.relay_jobs.with_label_values(&[t.kind.as_str(), result]);
+            }
+        }
+    }
+    for result in ["ok", "failed"] {
+        m.config_reloads.with_label_values(&[result]);
+        for set in range_sets {
+            m.range_refreshes.with_label_values(&[set, result]);
+        }
+    }
+    for reason in ["not_allowed", "blocked", "too_many_connections"] {
+        m.connections_refused.with_label_values(&[reason]);
+    }
+}
+
 /// The default registry in the Prometheus text format.
 pub fn render() -> Vec<u8> {
     LazyLock::force(&METRICS);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     out
+}
+
+/// Counts what pingora reports only as a log line: failed TLS handshakes on the listener.
+pub struct HandshakeFailures;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        use tracing_log::NormalizeEvent;
+        let meta = event.normalized_metadata();
+        let target = meta
+            .as_ref()
+            .map_or(event.metadata().target(), |m| m.target());
+        if target != "pingora_core::services::listening" {
+            return;
+        }
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}").starts_with("Downstream handshake");
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            get().tls_handshake_failures.inc();
+        }
+    }
 }

@@ -100,7 +100,7 @@ async fn allow_lists_refuse_with_403_and_unknown_addresses_are_closed_before_tls
     assert!(r.is_err(), "the TLS handshake must fail");
     assert!(gw.metric("fluxgate_connections_refused_total{reason=\"not_allowed\"}") >= 2.0);
     assert!(
-        gw.metric("fluxgate_requests_total{outcome=\"not_allowed\",receiver=\"flux-system/a\"}")
+        gw.metric("fluxgate_deliveries_total{outcome=\"not_allowed\",receiver=\"flux-system/a\",type=\"github\"}")
             >= 1.0
     );
 }
@@ -243,7 +243,7 @@ async fn the_request_past_the_per_ip_limit_gets_429_with_retry_after() {
         .await;
     assert_eq!(st, 200);
     assert_eq!(
-        gw.metric("fluxgate_requests_total{outcome=\"rate_limited\",receiver=\"flux-system/a\"}"),
+        gw.metric("fluxgate_deliveries_total{outcome=\"rate_limited\",receiver=\"flux-system/a\",type=\"github\"}"),
         1.0
     );
 }
@@ -497,7 +497,7 @@ async fn a_replayed_delivery_id_relays_nothing_and_a_new_one_relays_again() {
     }
     assert_eq!(gw.patches().len(), 4);
     assert_eq!(
-        gw.metric("fluxgate_requests_total{outcome=\"duplicate\",receiver=\"flux-system/a\"}"),
+        gw.metric("fluxgate_deliveries_total{outcome=\"duplicate\",receiver=\"flux-system/a\",type=\"github\"}"),
         1.0
     );
 }
@@ -581,7 +581,7 @@ async fn each_refusal_is_counted() {
         ("event_not_accepted", "flux-system/a"),
     ] {
         let series =
-            format!("fluxgate_requests_total{{outcome=\"{outcome}\",receiver=\"{receiver}\"}}");
+            format!("fluxgate_deliveries_total{{outcome=\"{outcome}\",receiver=\"{receiver}\",type=\"{}\"}}", if receiver == "-" { "-" } else { "github" });
         assert_eq!(gw.metric(&series), 1.0, "{series}");
     }
 }

@@ -58,6 +58,7 @@ struct RawServer {
     grace_period: Option<String>,
     shutdown_timeout: Option<String>,
     upgrade_sock: Option<PathBuf>,
+    watch_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +103,9 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Where a new process started with `serve -u` waits for the listening sockets.
     pub upgrade_sock: PathBuf,
+    /// How often the configuration, secret and certificate files are checked for changes;
+    /// zero: only SIGHUP reloads.
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug)]
@@ -148,6 +152,51 @@ impl std::error::Error for ConfigError {}
 impl Settings {
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         validate(read(path)?)
+    }
+
+    /// Files whose change means the configuration should be read again: the secrets and the
+    /// certificate (the configuration file itself is the caller's).
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self
+            .receivers
+            .iter()
+            .flat_map(|r| r.secret_files.iter().cloned())
+            .collect();
+        files.push(self.server.tls_cert.clone());
+        files.push(self.server.tls_key.clone());
+        files
+    }
+
+    /// What a reload cannot change: listeners, threads, the queue and the cluster connection.
+    /// Differences are reported so the operator knows to restart (`serve -u` for no downtime).
+    pub fn fixed_differences(&self, new: &Settings) -> Vec<&'static str> {
+        let (a, b) = (&self.server, &new.server);
+        let mut d = Vec::new();
+        if a.listen != b.listen {
+            d.push("server.listen");
+        }
+        if a.admin_listen != b.admin_listen {
+            d.push("server.admin_listen");
+        }
+        if a.threads != b.threads {
+            d.push("server.threads");
+        }
+        if a.upgrade_sock != b.upgrade_sock
+            || a.grace_period != b.grace_period
+            || a.shutdown_timeout != b.shutdown_timeout
+        {
+            d.push("server.upgrade_sock/grace_period/shutdown_timeout");
+        }
+        if self.kubernetes.kubeconfig != new.kubernetes.kubeconfig
+            || self.kubernetes.context != new.kubernetes.context
+            || self.kubernetes.timeout != new.kubernetes.timeout
+        {
+            d.push("kubernetes");
+        }
+        if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
+            d.push("relay");
+        }
+        d
     }
 }
 
@@ -342,6 +391,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let upgrade_sock = s
         .upgrade_sock
         .unwrap_or_else(|| PathBuf::from("/tmp/fluxgate-upgrade.sock"));
+    let watch_interval = duration_or_off(
+        "server.watch_interval",
+        s.watch_interval.as_deref(),
+        Duration::from_secs(2),
+        &mut p,
+    );
     let relay = relay::relay(raw.relay, &mut p);
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
@@ -421,6 +476,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     grace_period,
                     shutdown_timeout,
                     upgrade_sock,
+                    watch_interval,
                 },
                 kubernetes: KubernetesSettings {
                     kubeconfig,

@@ -73,6 +73,8 @@ pub struct Receiver {
     pub allow: Option<AllowList>,
     /// How long an accepted delivery id is remembered; zero turns deduplication off.
     pub replay_window: Duration,
+    /// Watched for changes: a changed secret reloads the configuration.
+    pub secret_files: Vec<PathBuf>,
     delivery_id_header: Option<String>,
 }
 
@@ -132,6 +134,11 @@ pub(super) fn receiver(
         None
     } else {
         p.take(&format!("{key}.type"), r.kind.parse::<ReceiverType>())
+    };
+    let secret_files: Vec<PathBuf> = match &r.secret_file {
+        Some(OneOrMany::One(f)) => vec![f.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+        None => Vec::new(),
     };
     let secrets = secrets(key, r.secret_file, r.secret_env, p);
     for (j, e) in r.events.iter().enumerate() {
@@ -207,6 +214,7 @@ pub(super) fn receiver(
         targets,
         allow,
         replay_window,
+        secret_files,
         delivery_id_header: r.delivery_id_header,
     })
 }

@@ -6,7 +6,6 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub struct AdminApp {
     relay: Arc<Relay>,
@@ -20,14 +19,9 @@ impl AdminApp {
     /// Ready means the API server answers an authenticated request with our credentials:
     /// without that, every delivery would fail.
     async fn ready(&self) -> (u16, String) {
-        match tokio::time::timeout(Duration::from_secs(3), self.relay.api().check_reachable()).await
-        {
-            Ok(Ok(())) => (200, "ready".into()),
-            Ok(Err(e)) => (503, format!("not ready: Kubernetes API {e}")),
-            Err(_) => (
-                503,
-                "not ready: Kubernetes API did not answer within 3s".into(),
-            ),
+        match super::maintenance::check_api(self.relay.api()).await {
+            Ok(()) => (200, "ready".into()),
+            Err(e) => (503, format!("not ready: {e}")),
         }
     }
 }

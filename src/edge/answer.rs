@@ -54,6 +54,14 @@ impl Answer {
         a
     }
 
+    /// The one-line reason of a refusal, as sent.
+    pub fn reason(&self) -> Option<&str> {
+        if self.json || self.status < 400 {
+            return None;
+        }
+        std::str::from_utf8(&self.body).ok().map(str::trim_end)
+    }
+
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self

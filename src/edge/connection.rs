@@ -2,9 +2,8 @@
 //! would take the address, and counted per address while they are open.
 
 use super::hook::HookApp;
-use crate::config::Receiver;
+use super::live::Live;
 use crate::guard::cidr::canonical;
-use crate::guard::Guard;
 use crate::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -17,10 +16,14 @@ use std::sync::Arc;
 
 /// Runs after `accept` and before TLS: an address no receiver allows, one in the penalty box,
 /// or one already holding its share of connections costs no handshake.
-#[derive(Debug)]
 pub struct EdgeFilter {
-    pub guard: Arc<Guard>,
-    pub receivers: Vec<Arc<Receiver>>,
+    pub live: Arc<Live>,
+}
+
+impl std::fmt::Debug for EdgeFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeFilter")
+    }
 }
 
 impl EdgeFilter {
@@ -40,17 +43,18 @@ impl ConnectionFilter for EdgeFilter {
             return true;
         };
         let ip = canonical(addr.ip());
+        let rt = self.live.get();
         // A proxy's address stands for many clients: they are judged per request.
-        if self.guard.is_trusted(ip) {
+        if rt.guard.is_trusted(ip) {
             return true;
         }
-        if self.guard.blocked(ip).is_some() {
+        if rt.guard.blocked(ip).is_some() {
             return Self::refuse("blocked");
         }
-        if self.guard.connections.at_limit(ip) {
+        if rt.guard.connections.at_limit(ip) {
             return Self::refuse("too_many_connections");
         }
-        if !self.receivers.iter().any(|r| r.allows(ip)) {
+        if !rt.receivers.iter().any(|r| r.allows(ip)) {
             return Self::refuse("not_allowed");
         }
         true
@@ -90,7 +94,8 @@ impl ServerApp for HookServer {
                 .and_then(|a| a.as_inet())
                 .map(|a| canonical(a.ip()))
         });
-        let guard = &self.app.guard;
+        let rt = self.app.live.get();
+        let guard = &rt.guard;
         let _slot = match peer {
             Some(ip) if !guard.is_trusted(ip) => match guard.connections.open(ip) {
                 Some(slot) => Some(slot),

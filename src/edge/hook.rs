@@ -3,11 +3,11 @@
 //! streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
+use super::live::{Live, Runtime};
 use crate::config::Receiver;
 use crate::guard::client_ip;
 use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::Claim;
-use crate::guard::Guard;
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::queue::Outcome;
@@ -17,7 +17,6 @@ use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +35,8 @@ pub struct Limits {
 }
 
 pub struct HookApp {
-    routes: HashMap<String, Arc<Receiver>>,
+    pub live: Arc<Live>,
     relay: Arc<Relay>,
-    pub guard: Arc<Guard>,
-    limits: Limits,
 }
 
 /// What the log line of one request says.
@@ -53,30 +50,8 @@ struct Delivery {
 }
 
 impl HookApp {
-    pub fn new(
-        receivers: &[Arc<Receiver>],
-        relay: Arc<Relay>,
-        guard: Arc<Guard>,
-        limits: Limits,
-    ) -> Self {
-        HookApp {
-            routes: receivers
-                .iter()
-                .map(|r| (r.path.clone(), r.clone()))
-                .collect(),
-            relay,
-            guard,
-            limits,
-        }
-    }
-
-    /// Exact match on the request target, as Flux matches `RequestURI`: a query string, a
-    /// trailing slash, percent-encoding or an absolute URI is not the hook's path.
-    fn route(&self, uri: &Uri) -> Option<&Arc<Receiver>> {
-        if uri.scheme().is_some() || uri.authority().is_some() {
-            return None;
-        }
-        self.routes.get(uri.path_and_query()?.as_str())
+    pub fn new(live: Arc<Live>, relay: Arc<Relay>) -> Self {
+        HookApp { live, relay }
     }
 
     /// Serves one request on a connection; returns the connection if it can be reused.
@@ -86,9 +61,11 @@ impl HookApp {
         peer: Option<IpAddr>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        // One configuration for the whole request, even if a reload swaps it meanwhile.
+        let rt = self.live.get();
         // One deadline for the whole head: pingora's own timeout is per read, which a client
         // sending a byte at a time never trips.
-        match timeout(self.limits.head_timeout, s.read_request()).await {
+        match timeout(rt.limits.head_timeout, s.read_request()).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) | Err(_) => return None,
             Ok(Err(e)) => {
@@ -105,21 +82,27 @@ impl HookApp {
         let started = Instant::now();
         let mut log = Delivery::default();
         let answer = match peer {
-            Some(peer) => self.handle(&mut s, peer, &mut log).await,
+            Some(peer) => self.handle(&rt, &mut s, peer, &mut log).await,
             None => Answer::text(400, "malformed_request", "no client address"),
         };
         self.finish(s, answer, log, started, shutdown).await
     }
 
-    async fn handle(&self, s: &mut ServerSession, peer: IpAddr, log: &mut Delivery) -> Answer {
+    async fn handle(
+        &self,
+        rt: &Runtime,
+        s: &mut ServerSession,
+        peer: IpAddr,
+        log: &mut Delivery,
+    ) -> Answer {
         let head_size = head_size(s);
-        if head_size > self.limits.max_header_bytes {
+        if head_size > rt.limits.max_header_bytes {
             return Answer::refused(&Refusal::new(
                 431,
                 Cause::HeadTooLarge,
                 format!(
                     "request head larger than {} bytes",
-                    self.limits.max_header_bytes
+                    rt.limits.max_header_bytes
                 ),
             ));
         }
@@ -130,14 +113,14 @@ impl HookApp {
                 .get_all("x-forwarded-for")
                 .iter()
                 .map(|v| v.as_bytes()),
-            &self.guard.trusted,
+            &rt.guard.trusted,
         );
         log.client = Some(client);
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
-        let route = self.route(&req.uri).cloned();
+        let route = route(rt, &req.uri).cloned();
         log.receiver = route.clone();
-        if let Some(wait) = self.guard.blocked(client) {
+        if let Some(wait) = rt.guard.blocked(client) {
             return Answer::refused(&Refusal::new(
                 429,
                 Cause::Blocked,
@@ -145,7 +128,7 @@ impl HookApp {
             ))
             .retry_after(retry_after_secs(wait));
         }
-        if let Err(wait) = self.guard.check_ip(client) {
+        if let Err(wait) = rt.guard.check_ip(client) {
             return Answer::refused(&Refusal::new(
                 429,
                 Cause::RateLimited,
@@ -154,7 +137,7 @@ impl HookApp {
             .retry_after(retry_after_secs(wait));
         }
         let Some(receiver) = route else {
-            self.failed(client);
+            failed(rt, client);
             return Answer::refused(&Refusal::unknown_hook());
         };
         if !receiver.allows(client) {
@@ -171,8 +154,8 @@ impl HookApp {
                 "only POST is accepted",
             ));
         }
-        if declared_length(s).is_some_and(|n| n > self.limits.max_body_bytes) {
-            return self.too_large();
+        if declared_length(s).is_some_and(|n| n > rt.limits.max_body_bytes) {
+            return too_large(rt);
         }
         let head = &s.req_header().headers;
         let delivery_id = receiver
@@ -190,7 +173,7 @@ impl HookApp {
             Ok(c) => c,
             Err(r) => {
                 if r.status == 401 {
-                    self.failed(client);
+                    failed(rt, client);
                 }
                 return Answer::refused(&r);
             }
@@ -204,7 +187,7 @@ impl HookApp {
                 );
             }
         }
-        let deadline = tokio::time::Instant::now() + self.limits.body_timeout;
+        let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
         let mut total: u64 = 0;
         loop {
             match timeout_at(deadline, s.read_request_body()).await {
@@ -214,7 +197,7 @@ impl HookApp {
                         Cause::BodyTimeout,
                         format!(
                             "body not received within {}",
-                            humantime::format_duration(self.limits.body_timeout)
+                            humantime::format_duration(rt.limits.body_timeout)
                         ),
                     ))
                 }
@@ -227,15 +210,15 @@ impl HookApp {
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => {
                     total += chunk.len() as u64;
-                    if total > self.limits.max_body_bytes {
-                        return self.too_large();
+                    if total > rt.limits.max_body_bytes {
+                        return too_large(rt);
                     }
                     check.update(&chunk);
                 }
             }
         }
         if let Err(r) = check.finish() {
-            self.failed(client);
+            failed(rt, client);
             return Answer::refused(&r);
         }
         if let Some(ev) = event.as_deref() {
@@ -258,7 +241,7 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::EventNotAccepted, why));
             }
         }
-        if let Err(wait) = self.guard.check_receiver(receiver.id) {
+        if let Err(wait) = rt.guard.check_receiver(receiver.id) {
             return Answer::refused(&Refusal::new(
                 429,
                 Cause::RateLimited,
@@ -268,7 +251,7 @@ impl HookApp {
         }
         let claimed = match &delivery_id {
             Some(id) if !receiver.replay_window.is_zero() => {
-                match self
+                match rt
                     .guard
                     .replays
                     .claim(receiver.id, id, receiver.replay_window)
@@ -289,16 +272,10 @@ impl HookApp {
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
             if let Some(id) = claimed {
-                self.guard.replays.release(receiver.id, id);
+                rt.guard.replays.release(receiver.id, id);
             }
         }
         answer
-    }
-
-    fn failed(&self, client: IpAddr) {
-        if self.guard.record_failure(client) {
-            tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
-        }
     }
 
     /// 200 when every target was patched within `relay.wait`, 502 when the API refused one
@@ -359,14 +336,6 @@ impl HookApp {
         Answer::json(202, "queued", &summary)
     }
 
-    fn too_large(&self) -> Answer {
-        Answer::refused(&Refusal::new(
-            413,
-            Cause::TooLarge,
-            format!("body larger than {} bytes", self.limits.max_body_bytes),
-        ))
-    }
-
     /// Writes the answer, logs and counts the request, and decides whether the connection
     /// can carry another one.
     async fn finish(
@@ -392,8 +361,12 @@ impl HookApp {
         }
         let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
         let m = metrics::get();
-        m.requests
-            .with_label_values(&[receiver, answer.outcome])
+        m.deliveries
+            .with_label_values(&[
+                receiver,
+                log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
+                answer.outcome,
+            ])
             .inc();
         m.request_seconds
             .with_label_values(&[receiver])
@@ -406,6 +379,7 @@ impl HookApp {
             event = log.event.as_deref().unwrap_or("-"),
             outcome = answer.outcome,
             status = answer.status,
+            reason = answer.reason().unwrap_or(""),
             patched = log.patched,
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
             "delivery"
@@ -417,6 +391,29 @@ impl HookApp {
             Err(_) => None,
         }
     }
+}
+
+/// Exact match on the request target, as Flux matches `RequestURI`: a query string, a
+/// trailing slash, percent-encoding or an absolute URI is not the hook's path.
+fn route<'r>(rt: &'r Runtime, uri: &Uri) -> Option<&'r Arc<Receiver>> {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return None;
+    }
+    rt.routes.get(uri.path_and_query()?.as_str())
+}
+
+fn failed(rt: &Runtime, client: IpAddr) {
+    if rt.guard.record_failure(client) {
+        tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
+    }
+}
+
+fn too_large(rt: &Runtime) -> Answer {
+    Answer::refused(&Refusal::new(
+        413,
+        Cause::TooLarge,
+        format!("body larger than {} bytes", rt.limits.max_body_bytes),
+    ))
 }
 
 /// pingora's explanation of a parse error, without its internal chain.

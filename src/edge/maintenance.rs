@@ -1,80 +1,137 @@
-//! Background work: the relay queue, refreshing named range sets, and sweeping the defences'
-//! state.
+//! Background work: the relay queue, live reload (SIGHUP and changed files), refreshing named
+//! range sets, sweeping the defences' state, and watching the Kubernetes API.
 
-use crate::guard::ranges::RangeSet;
-use crate::guard::Guard;
+use super::live::Live;
 use crate::metrics;
+use crate::relay::kube::KubeApi;
 use crate::relay::queue::Queue;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
 
 pub struct Maintenance {
-    pub guard: Arc<Guard>,
-    pub ranges: Vec<Arc<RangeSet>>,
+    pub live: Arc<Live>,
+    pub api: Arc<KubeApi>,
+    pub watch_interval: Duration,
 }
 
+const TICK: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// A cheap authenticated GET; the relay's own calls update the same gauge in between.
+const API_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-async fn refresh_forever(set: Arc<RangeSet>, client: reqwest::Client) {
-    let mut tick = tokio::time::interval(set.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let source = set
-        .source
-        .as_ref()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    loop {
-        tick.tick().await;
-        let m = &metrics::get().range_refreshes;
-        match set.refresh(&client).await {
-            Ok(n) => {
-                m.with_label_values(&[set.name.as_str(), "ok"]).inc();
-                tracing::debug!(set = %set.name, source = %source, networks = n, "range set refreshed");
-            }
-            Err(e) => {
-                m.with_label_values(&[set.name.as_str(), "failed"]).inc();
-                tracing::warn!(
-                    set = %set.name,
-                    source = %source,
-                    networks = set.snapshot().len(),
-                    "refreshing range set {} failed: {e}; keeping the last good set",
-                    set.name
-                );
-            }
-        }
-    }
+/// Checks the API with the configured credentials and publishes the result.
+pub async fn check_api(api: &KubeApi) -> Result<(), String> {
+    let r = match tokio::time::timeout(Duration::from_secs(3), api.check_reachable()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("Kubernetes API {e}")),
+        Err(_) => Err("Kubernetes API did not answer within 3s".to_string()),
+    };
+    metrics::get().kubernetes_api_up.set(i64::from(r.is_ok()));
+    r
 }
 
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP, reload by signal is off: {e}");
+                None
+            }
+        };
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("fluxgate/", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut tasks = Vec::new();
-        match client {
-            Ok(client) => {
-                for set in self.ranges.iter().filter(|s| s.source.is_some()) {
-                    tasks.push(tokio::spawn(refresh_forever(set.clone(), client.clone())));
-                }
-            }
-            Err(e) => tracing::error!("cannot build the HTTP client for range refreshes: {e}"),
-        }
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            .build()
+            .ok();
+        let refreshing: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        let mut next_api = Instant::now();
+        let mut next_watch = Instant::now() + self.watch_interval;
+        let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = sweep.tick() => self.guard.sweep(),
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.live.reload("SIGHUP");
+                    continue;
+                }
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            if !self.watch_interval.is_zero() && now >= next_watch {
+                next_watch = now + self.watch_interval;
+                if self.live.files_changed() {
+                    self.live.reload("changed file");
+                }
+            }
+            let rt = self.live.get();
+            if now >= next_sweep {
+                next_sweep = now + SWEEP_EVERY;
+                rt.guard.sweep();
+            }
+            if now >= next_api {
+                next_api = now + API_CHECK_EVERY;
+                let api = self.api.clone();
+                tokio::spawn(async move {
+                    let _ = check_api(&api).await;
+                });
+            }
+            let Some(client) = &client else {
+                continue;
+            };
+            for set in rt.ranges.iter().filter(|s| s.source.is_some()) {
+                let when = *due.entry(set.name.clone()).or_insert(now + set.interval);
+                if now < when
+                    || !refreshing
+                        .lock()
+                        .map(|mut r| r.insert(set.name.clone()))
+                        .unwrap_or(false)
+                {
+                    continue;
+                }
+                due.insert(set.name.clone(), now + set.interval);
+                let (set, client, refreshing) = (set.clone(), client.clone(), refreshing.clone());
+                tokio::spawn(async move {
+                    refresh(&set, &client).await;
+                    if let Ok(mut r) = refreshing.lock() {
+                        r.remove(&set.name);
+                    }
+                });
             }
         }
-        for t in tasks {
-            t.abort();
+    }
+}
+
+async fn refresh(set: &crate::guard::ranges::RangeSet, client: &reqwest::Client) {
+    let m = &metrics::get().range_refreshes;
+    let source = set
+        .source
+        .as_ref()
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    match set.refresh(client).await {
+        Ok(n) => {
+            m.with_label_values(&[set.name.as_str(), "ok"]).inc();
+            tracing::debug!(set = %set.name, source = %source, networks = n, "range set refreshed");
+        }
+        Err(e) => {
+            m.with_label_values(&[set.name.as_str(), "failed"]).inc();
+            tracing::warn!(
+                set = %set.name,
+                source = %source,
+                networks = set.snapshot().len(),
+                "refreshing range set {} failed: {e}; keeping the last good set",
+                set.name
+            );
         }
     }
 }

@@ -4,11 +4,11 @@ pub mod admin;
 pub mod answer;
 pub mod connection;
 pub mod hook;
+pub mod live;
 pub mod maintenance;
 pub mod tls;
 
 use crate::config::Settings;
-use crate::guard::Guard;
 use crate::relay::job::Job;
 use crate::relay::kube::KubeApi;
 use crate::relay::queue::Queue;
@@ -18,7 +18,9 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Options of one `serve` run that are not part of the configuration file.
@@ -56,7 +58,7 @@ pub fn open_queue(settings: &Settings) -> Result<(Store, Vec<Job>), String> {
 }
 
 /// Runs the gateway until a signal stops it. Never returns.
-pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
     let (store, resumed) = match open_queue(&settings) {
         Ok(q) => q,
         Err(e) => {
@@ -78,38 +80,30 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    for r in &settings.receivers {
+        tracing::info!(receiver = %r.label, r#type = %r.kind, targets = r.targets.len(), "receiver ready");
+    }
+    tracing::info!(
+        listen = %settings.server.listen,
+        admin = %settings.server.admin_listen,
+        receivers = settings.receivers.len(),
+        "fluxgate serving"
+    );
+    let (listen, admin_listen) = (settings.server.listen, settings.server.admin_listen);
+    let watch_interval = settings.server.watch_interval;
+    let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
+
     let api = Arc::new(KubeApi::new(kube));
-    let queue = Arc::new(Queue::new(
-        store,
-        api.clone(),
-        settings.relay.queue.clone(),
-        resumed,
-    ));
-    let relay = Arc::new(Relay::new(api, queue.clone(), settings.relay.wait));
-    let guard = Arc::new(Guard::new(
-        &settings.limits,
-        settings.server.trusted_proxies.clone(),
-    ));
-    let limits = hook::Limits {
-        max_body_bytes: settings.server.max_body_bytes,
-        max_header_bytes: settings.server.max_header_bytes,
-        head_timeout: settings.server.head_timeout,
-        body_timeout: settings.server.body_timeout,
-    };
-    let app = Arc::new(hook::HookApp::new(
-        &settings.receivers,
-        relay.clone(),
-        guard.clone(),
-        limits,
-    ));
-    let mut hooks = Service::new("fluxgate hooks".to_string(), connection::HookServer { app });
-    hooks.set_connection_filter(Arc::new(connection::EdgeFilter {
-        guard: guard.clone(),
-        receivers: settings.receivers.clone(),
-    }));
+    let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
+    let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
+    let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
+
+    let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
+    let mut hooks = Service::new("fluxgate hooks".to_string(), connection::HookServer { app });
+    hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
     let mut tls = match TlsSettings::intermediate("", "") {
         Ok(t) => t,
         Err(e) => {
@@ -119,40 +113,24 @@ pub fn run(settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
     };
     tls.set_cert_resolver(resolver);
     tls.set_alpn(ALPN::H1);
-    hooks.add_tls_with_settings(&settings.server.listen.to_string(), None, tls);
+    hooks.add_tls_with_settings(&listen.to_string(), None, tls);
 
     let mut admin = Service::new(
         "fluxgate admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(relay)),
     );
     admin.threads = Some(1);
-    admin.add_tcp(&settings.server.admin_listen.to_string());
+    admin.add_tcp(&admin_listen.to_string());
 
-    for r in &settings.receivers {
-        tracing::info!(
-            receiver = %format!("{}/{}", r.namespace, r.name),
-            r#type = %r.kind,
-            targets = r.targets.len(),
-            "receiver ready"
-        );
-    }
-    tracing::info!(
-        listen = %settings.server.listen,
-        admin = %settings.server.admin_listen,
-        receivers = settings.receivers.len(),
-        "fluxgate serving"
-    );
-    let maintenance = pingora::services::background::background_service(
+    let maintenance = background_service(
         "fluxgate maintenance",
         maintenance::Maintenance {
-            guard,
-            ranges: settings.ranges.values().cloned().collect(),
+            live,
+            api,
+            watch_interval,
         },
     );
-    let worker = pingora::services::background::background_service(
-        "fluxgate relay",
-        maintenance::RelayWorker { queue },
-    );
+    let worker = background_service("fluxgate relay", maintenance::RelayWorker { queue });
     server.add_service(hooks);
     server.add_service(admin);
     server.add_service(maintenance);

@@ -90,3 +90,10 @@ impl ResolvesServerCert for CertResolver {
         self.current.read().ok().map(|c| c.clone())
     }
 }
+
+/// When the served certificate expires (notAfter, Unix seconds).
+pub fn not_after(ck: &CertifiedKey) -> Option<i64> {
+    let leaf = ck.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}

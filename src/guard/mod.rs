@@ -11,18 +11,21 @@ pub mod replay;
 
 use crate::config::LimitSettings;
 use cidr::IpSet;
-use rate::{Connections, Failures, IpKey, Limiter};
+use rate::{Connections, FailurePolicy, Failures, IpKey, Limiter, Rate};
 use replay::Replays;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The shared state of the defences, consulted by the connection filter and every request.
+/// A reload builds a new `Guard` that keeps the old one's state wherever its settings did not
+/// change, so a reload neither forgets replays nor lets a blocked address back in.
 pub struct Guard {
-    per_ip: Option<Limiter<IpKey>>,
-    per_receiver: Option<Limiter<u32>>,
-    failures: Option<Failures>,
-    pub connections: Connections,
-    pub replays: Replays,
+    per_ip: Option<Arc<(Rate, Limiter<IpKey>)>>,
+    per_receiver: Option<Arc<(Rate, Limiter<u32>)>>,
+    failures: Option<Arc<(FailurePolicy, Failures)>>,
+    pub connections: Arc<Connections>,
+    pub replays: Arc<Replays>,
     /// Peers whose `X-Forwarded-For` is believed; they carry many clients, so they are never
     /// limited or blocked as one.
     pub trusted: IpSet,
@@ -31,16 +34,48 @@ pub struct Guard {
 /// Addresses tracked by the penalty box at most; beyond it, expired entries are swept first.
 const MAX_TRACKED_FAILURES: usize = 100_000;
 
+fn keep<S: PartialEq + Copy, T>(
+    old: Option<&Arc<(S, T)>>,
+    new: Option<S>,
+    make: impl FnOnce(S) -> T,
+) -> Option<Arc<(S, T)>> {
+    let new = new?;
+    match old {
+        Some(o) if o.0 == new => Some(o.clone()),
+        _ => Some(Arc::new((new, make(new)))),
+    }
+}
+
 impl Guard {
     pub fn new(limits: &LimitSettings, trusted: IpSet) -> Self {
         Guard {
-            per_ip: limits.per_ip.map(Limiter::new),
-            per_receiver: limits.per_receiver.map(Limiter::new),
-            failures: limits
-                .failures
-                .map(|f| Failures::new(f, MAX_TRACKED_FAILURES)),
-            connections: Connections::new(limits.max_connections_per_ip),
-            replays: Replays::new(limits.replay_cache_entries),
+            per_ip: keep(None, limits.per_ip, Limiter::new),
+            per_receiver: keep(None, limits.per_receiver, Limiter::new),
+            failures: keep(None, limits.failures, |f| {
+                Failures::new(f, MAX_TRACKED_FAILURES)
+            }),
+            connections: Arc::new(Connections::new(limits.max_connections_per_ip)),
+            replays: Arc::new(Replays::new(limits.replay_cache_entries)),
+            trusted,
+        }
+    }
+
+    /// The guard for new settings, carrying this one's state over where it still applies.
+    pub fn reconfigure(&self, limits: &LimitSettings, trusted: IpSet) -> Self {
+        self.connections.set_max(limits.max_connections_per_ip);
+        self.replays.set_capacity(limits.replay_cache_entries);
+        Guard {
+            per_ip: keep(self.per_ip.as_ref(), limits.per_ip, Limiter::new),
+            per_receiver: keep(
+                self.per_receiver.as_ref(),
+                limits.per_receiver,
+                Limiter::new,
+            ),
+            failures: keep(self.failures.as_ref(), limits.failures, |f| {
+                Failures::new(f, MAX_TRACKED_FAILURES)
+            }),
+            connections: self.connections.clone(),
+            replays: self.replays.clone(),
             trusted,
         }
     }
@@ -51,17 +86,17 @@ impl Guard {
 
     /// How long `ip` is still in the penalty box.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        self.failures.as_ref()?.blocked(ip)
+        self.failures.as_ref()?.1.blocked(ip)
     }
 
     /// Counts a failed verification or an unknown path; true when it put `ip` in the box.
     pub fn record_failure(&self, ip: IpAddr) -> bool {
-        !self.is_trusted(ip) && self.failures.as_ref().is_some_and(|f| f.record(ip))
+        !self.is_trusted(ip) && self.failures.as_ref().is_some_and(|f| f.1.record(ip))
     }
 
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.per_ip {
-            Some(l) if !self.is_trusted(ip) => l.check(&IpKey::from(ip)),
+            Some(l) if !self.is_trusted(ip) => l.1.check(&IpKey::from(ip)),
             _ => Ok(()),
         }
     }
@@ -69,19 +104,19 @@ impl Guard {
     pub fn check_receiver(&self, receiver: u32) -> Result<(), Duration> {
         self.per_receiver
             .as_ref()
-            .map_or(Ok(()), |l| l.check(&receiver))
+            .map_or(Ok(()), |l| l.1.check(&receiver))
     }
 
     /// Drops state that no longer limits anyone, so memory follows current traffic.
     pub fn sweep(&self) {
         if let Some(l) = &self.per_ip {
-            l.sweep();
+            l.1.sweep();
         }
         if let Some(l) = &self.per_receiver {
-            l.sweep();
+            l.1.sweep();
         }
         if let Some(f) = &self.failures {
-            f.sweep();
+            f.1.sweep();
         }
     }
 }
@@ -92,7 +127,7 @@ impl std::fmt::Debug for Guard {
             .field("trusted", &self.trusted)
             .field(
                 "blocked",
-                &self.failures.as_ref().map_or(0, |f| f.blocked_count()),
+                &self.failures.as_ref().map_or(0, |f| f.1.blocked_count()),
             )
             .finish_non_exhaustive()
     }

@@ -7,6 +7,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,7 @@ impl<K: std::hash::Hash + Eq + Clone> Limiter<K> {
 
 /// The penalty box: an address that fails verification `limit` times within `window` is
 /// refused for `block_for`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailurePolicy {
     pub limit: u32,
     pub window: Duration,
@@ -174,7 +175,7 @@ impl Failures {
 
 /// Open connections per address, released when the guard drops.
 pub struct Connections {
-    max: u32,
+    max: AtomicU32,
     open: Arc<DashMap<IpKey, u32>>,
 }
 
@@ -196,24 +197,26 @@ impl Connections {
     /// `max = 0` means no limit.
     pub fn new(max: u32) -> Self {
         Connections {
-            max,
+            max: AtomicU32::new(max),
             open: Arc::new(DashMap::new()),
         }
     }
 
+    pub fn set_max(&self, max: u32) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
     pub fn at_limit(&self, ip: IpAddr) -> bool {
-        self.max > 0
-            && self
-                .open
-                .get(&IpKey::from(ip))
-                .is_some_and(|n| *n >= self.max)
+        let max = self.max.load(Ordering::Relaxed);
+        max > 0 && self.open.get(&IpKey::from(ip)).is_some_and(|n| *n >= max)
     }
 
     /// Takes a slot for a connection from `ip`, or `None` when it already has `max` open.
     pub fn open(&self, ip: IpAddr) -> Option<ConnectionGuard> {
         let key = IpKey::from(ip);
+        let max = self.max.load(Ordering::Relaxed);
         let mut n = self.open.entry(key).or_insert(0);
-        if self.max > 0 && *n >= self.max {
+        if max > 0 && *n >= max {
             return None;
         }
         *n += 1;

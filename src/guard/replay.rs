@@ -4,12 +4,13 @@
 //! pre-empt an id. The cache holds at most `capacity` ids: the oldest are forgotten first.
 
 use lru::LruCache;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Replays {
     seen: Mutex<LruCache<(u32, String), Instant>>,
-    capacity: usize,
+    capacity: AtomicUsize,
 }
 
 /// What `claim` found.
@@ -29,8 +30,12 @@ impl Replays {
         // Grown as ids arrive rather than allocated up front: most gateways see few deliveries.
         Replays {
             seen: Mutex::new(LruCache::unbounded()),
-            capacity: capacity.max(1),
+            capacity: AtomicUsize::new(capacity.max(1)),
         }
+    }
+
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity.max(1), Ordering::Relaxed);
     }
 
     fn key(receiver: u32, id: &str) -> (u32, String) {
@@ -48,7 +53,7 @@ impl Replays {
             }
         }
         seen.put(key, now);
-        while seen.len() > self.capacity {
+        while seen.len() > self.capacity.load(Ordering::Relaxed) {
             seen.pop_lru();
         }
         Claim::New

@@ -162,6 +162,40 @@ impl KubeApi {
         Ok(())
     }
 
+    /// Asks the API server (SelfSubjectAccessReview) whether the configured account may do
+    /// `verb` on `resource` in `group` and `namespace`.
+    pub async fn can_i(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: Option<&str>,
+    ) -> Result<bool, ApiError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    namespace: Some(namespace.into()),
+                    name: name.map(str::to_string),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client().await?);
+        let answer = api
+            .create(&kube::api::PostParams::default(), &review)
+            .await?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+
     /// A JSON merge patch of the annotation alone, on the main resource, as Flux sends it.
     pub async fn request_reconcile(
         &self,

@@ -192,6 +192,9 @@ impl Queue {
         let started = Instant::now();
         let result = self.attempt(&job.target, &at).await;
         let m = metrics::get();
+        // An answer of any kind, even a refusal, shows the API is there.
+        let reached = !matches!(result, Err(ApiError::Unreachable(_)));
+        m.kubernetes_api_up.set(i64::from(reached));
         m.patch_seconds
             .with_label_values(&[job.target.kind.as_str()])
             .observe(started.elapsed().as_secs_f64());

@@ -301,6 +301,15 @@ impl Gateway {
             .unwrap_or(0.0)
     }
 
+    /// Requests that relay something (everything but the readiness check's `GET /api`).
+    pub fn relayed(&self) -> Vec<Recorded> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| !(r.method == "GET" && r.path == "/api"))
+            .collect()
+    }
+
     pub fn patches(&self) -> Vec<Recorded> {
         self.api
             .requests()
@@ -555,4 +564,447 @@ impl Gateway {
         drop(next);
         self.wait_healthy();
     }
+}
+
+// ---- Operations: extra start options, /metrics scrapes, `fluxgate check`, certificates,
+// ---- atomic file replacement and raw HTTP/1.1 exchanges on a TLS connection.
+
+impl Setup {
+    /// Like [`start_with`](Self::start_with), with extra `serve` arguments (say
+    /// `["--log-format", "json"]`) and environment variables for the gateway process.
+    pub fn start_with_args(self, api: StandIn, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        api.write_kubeconfig(&self.path("kubeconfig"), SA_TOKEN)
+            .unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = self.write_config(port, admin);
+        let log = self.path("gateway.log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gw = Gateway {
+            child,
+            port,
+            admin,
+            api,
+            setup: self,
+            log,
+        };
+        gw.wait_healthy();
+        gw
+    }
+}
+
+/// One `/metrics` scrape: every line checked against the text format, then parsed with
+/// `prometheus_parse`.
+pub struct MetricsScrape {
+    pub text: String,
+    /// Each family's `# TYPE` (counter, gauge, histogram, ...).
+    pub types: std::collections::HashMap<String, String>,
+    pub samples: Vec<prometheus_parse::Sample>,
+}
+
+/// Scrapes the admin listener's `/metrics`; panics if it is not 200 or does not parse.
+pub fn scrape_metrics(admin: u16) -> MetricsScrape {
+    let (status, text) = http_get(admin, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "GET /metrics: {text}");
+    MetricsScrape::parse(text)
+}
+
+/// Parses the label set of a sample line, `name="value",...` with the format's escapes.
+fn parse_label_set(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or_else(|| format!("no name=\"value\" in {rest:?}"))?;
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if !valid {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next() {
+                Some((i, '"')) => break i,
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c @ ('\\' | '"'))) => value.push(c),
+                    other => return Err(format!("bad escape {other:?} in {s:?}")),
+                },
+                Some((_, c)) => value.push(c),
+                None => return Err(format!("unterminated label value in {s:?}")),
+            }
+        };
+        out.push((name.to_string(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Ok(out)
+}
+
+impl MetricsScrape {
+    /// Checks every line of `text` (comments, `# TYPE` before its samples, sample syntax,
+    /// values) and parses it; panics on the first problem.
+    pub fn parse(text: String) -> Self {
+        let mut types = std::collections::HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let bad = |why: &str| panic!("/metrics line {}: {why}: {line:?}\n{text}", i + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split_whitespace();
+                let (Some(name), Some(ty), None) = (it.next(), it.next(), it.next()) else {
+                    bad("malformed # TYPE line")
+                };
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&ty) {
+                    bad("unknown type");
+                }
+                if types.insert(name.to_string(), ty.to_string()).is_some() {
+                    bad("a second # TYPE for the same family");
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name, labels, value) = match prometheus_parse::LineInfo::parse(line) {
+                prometheus_parse::LineInfo::Sample {
+                    metric_name,
+                    labels,
+                    value,
+                    ..
+                } => (metric_name, labels, value),
+                _ => bad("not a sample line"),
+            };
+            if let Some(l) = labels {
+                if let Err(e) = parse_label_set(l) {
+                    bad(&e);
+                }
+            }
+            if !matches!(value, "+Inf" | "-Inf" | "NaN") && value.parse::<f64>().is_err() {
+                bad("value is not a number");
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    matches!(
+                        types.get(base).map(String::as_str),
+                        Some("histogram" | "summary")
+                    )
+                    .then_some(base)
+                })
+                .unwrap_or(name);
+            if !types.contains_key(family) {
+                bad("sample without a # TYPE line before it");
+            }
+        }
+        let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("prometheus_parse: {e}\n{text}"));
+        MetricsScrape {
+            text,
+            types,
+            samples: parsed.samples,
+        }
+    }
+
+    /// The `# TYPE` of family `name`.
+    pub fn type_of(&self, name: &str) -> Option<&str> {
+        self.types.get(name).map(String::as_str)
+    }
+
+    fn matches(s: &prometheus_parse::Sample, name: &str, labels: &[(&str, &str)]) -> bool {
+        s.metric == name
+            && s.labels.len() == labels.len()
+            && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+    }
+
+    /// The value of the counter, gauge or untyped sample `name` with exactly `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| Self::matches(s, name, labels))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    }
+
+    /// Like [`get`](Self::get), 0 when the series is absent (a counter not yet incremented).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
+
+    /// The observation count (`<name>_count`) of histogram `name` with exactly `labels`
+    /// (besides `le`), 0 when absent.
+    pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.value(&format!("{name}_count"), labels)
+    }
+
+    /// The label names of every series of family `name` (for a histogram, of its buckets,
+    /// without `le`), sorted, one entry per series.
+    pub fn label_names(&self, name: &str) -> Vec<Vec<String>> {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| {
+                let mut names: Vec<String> = s.labels.keys().cloned().collect();
+                names.sort();
+                names
+            })
+            .collect()
+    }
+}
+
+impl Gateway {
+    /// A checked and parsed `/metrics` scrape.
+    pub fn scrape(&self) -> MetricsScrape {
+        scrape_metrics(self.admin)
+    }
+}
+
+/// What `fluxgate check` printed and how it exited.
+#[derive(Debug)]
+pub struct CheckRun {
+    /// `None` if it had to be killed (it ran longer than 20 s) or died of a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CheckRun {
+    /// Both streams, stdout first.
+    pub fn output(&self) -> String {
+        format!(
+            "--- stdout ---\n{}--- stderr ---\n{}",
+            self.stdout, self.stderr
+        )
+    }
+
+    /// Lines of either stream that start (after indentation) with `prefix`.
+    pub fn lines_starting(&self, prefix: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .chain(self.stderr.lines())
+            .map(str::trim_start)
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Runs `fluxgate check --config <config> <extra>` to completion (at most 20 s).
+pub fn run_check(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> CheckRun {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(out.reopen().unwrap())
+        .stderr(err.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    CheckRun {
+        code: status.and_then(|s| s.code()),
+        stdout: std::fs::read_to_string(out.path()).unwrap_or_default(),
+        stderr: std::fs::read_to_string(err.path()).unwrap_or_default(),
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost with a fresh key, valid from
+/// `not_before` to `not_after` (year, month, day); (certificate PEM, key PEM).
+pub fn self_signed_cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> Vec<u8> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .expect("a PEM certificate")
+        .unwrap()
+        .to_vec()
+}
+
+/// The notAfter of the first certificate in `pem`, in Unix seconds.
+pub fn cert_not_after(pem: &str) -> i64 {
+    let der = cert_der(pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+/// Replaces `path` with `contents` at once (a sibling file renamed over it), so that a
+/// watcher never reads a half-written file.
+pub fn replace_file(path: &Path, contents: impl AsRef<[u8]>) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".replacing");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A TLS connection to the gateway from 127.0.0.1 trusting only `roots_pem`; the handshake's
+/// error if it fails (say, the server's certificate is not among them).
+pub async fn tls_connect(
+    port: u16,
+    roots_pem: &[&str],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in roots_pem {
+        for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+}
+
+/// The DER of the certificate the server presented on `tls`.
+pub fn peer_cert_der(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .expect("the server presented a certificate")
+        .to_vec()
+}
+
+/// Sends one `POST path` with `headers` and `body` on a kept-alive HTTP/1.1 connection and
+/// reads its answer (Content-Length, chunked, or up to the close); (status, body).
+pub async fn http1_post<S>(
+    s: &mut S,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await?;
+    s.flush().await?;
+
+    let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let mut rest = buf[head_end..].to_vec();
+    let body = if let Some(len) = header("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| std::io::Error::other("bad Content-Length"))?;
+        while rest.len() < len {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(eof());
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(eof());
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            };
+            let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size_text:?}")))?;
+            rest.drain(..line_end + 2);
+            while rest.len() < size + 2 {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(eof());
+                }
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest.drain(..size + 2);
+        }
+        out
+    } else {
+        s.read_to_end(&mut rest).await?;
+        rest
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

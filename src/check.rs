@@ -1,0 +1,179 @@
+//! `fluxgate check`: everything `serve` would need, checked before it is needed, one line per
+//! finding: `ok:`, `warning:` or `problem:`. Any problem makes the exit status non-zero.
+
+use crate::config::Settings;
+use crate::edge::tls::not_after;
+use crate::relay::kube::{load_config, KubeApi};
+use crate::relay::target::Select;
+use std::collections::BTreeSet;
+use std::path::Path;
+
+#[derive(Default)]
+struct Report {
+    problems: usize,
+}
+
+impl Report {
+    fn ok(&self, s: impl AsRef<str>) {
+        println!("ok: {}", s.as_ref());
+    }
+    fn warn(&self, s: impl AsRef<str>) {
+        println!("warning: {}", s.as_ref());
+    }
+    fn problem(&mut self, s: impl AsRef<str>) {
+        println!("problem: {}", s.as_ref());
+        self.problems += 1;
+    }
+}
+
+const DAY: i64 = 86_400;
+
+fn date(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+pub fn run(config: &Path, offline: bool) -> Result<(), String> {
+    let mut r = Report::default();
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            for p in &e.0 {
+                r.problem(format!("{}: {}", p.key, p.reason));
+            }
+            return Err(format!("{} problem(s) in {}", r.problems, config.display()));
+        }
+    };
+    r.ok(format!("configuration {}", config.display()));
+    for w in &settings.warnings {
+        r.warn(w);
+    }
+    certificate(&settings, &mut r);
+    for rec in &settings.receivers {
+        r.ok(format!(
+            "receiver {} ({}): {} -> {} target(s)",
+            rec.label,
+            rec.kind,
+            rec.path,
+            rec.targets.len()
+        ));
+    }
+    if let Some(dir) = &settings.relay.queue_dir {
+        match writable(dir) {
+            Ok(()) => r.ok(format!("relay.queue_dir {} is writable", dir.display())),
+            Err(e) => r.problem(format!("relay.queue_dir: {e}")),
+        }
+    } else {
+        r.warn("relay.queue_dir is not set: queued deliveries will not survive a restart");
+    }
+    if !offline {
+        cluster(&settings, &mut r);
+    }
+    if r.problems > 0 {
+        return Err(format!("{} problem(s)", r.problems));
+    }
+    Ok(())
+}
+
+fn certificate(s: &Settings, r: &mut Report) {
+    let Some(end) = not_after(&s.server.certified_key) else {
+        r.warn("server.tls_cert: cannot read the certificate's expiry");
+        return;
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cert = s.server.tls_cert.display();
+    if end <= now {
+        r.problem(format!(
+            "server.tls_cert: the certificate {cert} expired on {}",
+            date(end)
+        ));
+    } else if end - now < 14 * DAY {
+        r.warn(format!(
+            "server.tls_cert: the certificate {cert} expires in {} day(s), on {}",
+            (end - now) / DAY,
+            date(end)
+        ));
+    } else {
+        r.ok(format!(
+            "server.tls_cert: {cert} valid until {} ({} days)",
+            date(end),
+            (end - now) / DAY
+        ));
+    }
+}
+
+fn writable(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".fluxgate-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn cluster(s: &Settings, r: &mut Report) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return r.problem(format!("cannot start a runtime: {e}")),
+    };
+    let k = &s.kubernetes;
+    let config = match rt.block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout)) {
+        Ok(c) => c,
+        Err(e) => {
+            return r.problem(format!(
+                "kubernetes.kubeconfig: {}: {e}",
+                k.kubeconfig.display()
+            ))
+        }
+    };
+    let url = config.cluster_url.to_string();
+    let api = KubeApi::new(config);
+    if let Err(e) = rt.block_on(api.check_reachable()) {
+        return r.problem(format!("kubernetes: {url}: {e}"));
+    }
+    r.ok(format!(
+        "kubernetes API {url}: reachable with the configured credentials"
+    ));
+    rt.block_on(permissions(s, &api, r));
+}
+
+/// Asks, for every target, whether the account may do what the relay does, and whether it may
+/// do much more than that.
+async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
+    let mut namespaces = BTreeSet::new();
+    for (i, rec) in s.receivers.iter().enumerate() {
+        namespaces.insert(rec.namespace.clone());
+        for t in &rec.targets {
+            namespaces.insert(t.namespace.clone());
+            let qualified = format!("{}.{}", t.plural, t.group);
+            let (name, verbs): (Option<&str>, &[&str]) = match &t.select {
+                Select::Name(n) => (Some(n), &["patch"]),
+                Select::Labels(_) => (None, &["list", "patch"]),
+            };
+            for verb in verbs {
+                match api.can_i(verb, &t.group, &t.plural, &t.namespace, name).await {
+                    Ok(true) => r.ok(format!("receivers[{i}] {}: may {verb} {t}", rec.label)),
+                    Ok(false) => r.problem(format!(
+                        "receivers[{i}] {}: the service account may not {verb} {qualified} in {} (needed for {t}); see deploy/",
+                        rec.label, t.namespace
+                    )),
+                    Err(e) => r.problem(format!("receivers[{i}] {}: cannot review {verb} on {t}: {e}", rec.label)),
+                }
+            }
+        }
+    }
+    for ns in namespaces {
+        if let Ok(true) = api.can_i("*", "*", "*", &ns, None).await {
+            r.warn(format!("the service account may do anything in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+        } else if let Ok(true) = api.can_i("get", "", "secrets", &ns, None).await {
+            r.warn(format!("the service account may read Secrets in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+        }
+    }
+}
