@@ -73,6 +73,12 @@ enum Command {
         #[arg(long, default_value = "sha256")]
         algorithm: String,
     },
+    /// GET an http:// URL on the admin listener and exit 0 on 200: a health check for images
+    /// that have no curl.
+    Probe {
+        /// e.g. http://127.0.0.1:9102/readyz
+        url: String,
+    },
     /// Everything on localhost with no cluster: a self-signed certificate, an in-memory
     /// stand-in of the Kubernetes API holding a few Flux objects, and a ready-to-paste curl.
     Dev(crate::dev::DevOptions),
@@ -120,6 +126,7 @@ pub fn main() -> i32 {
             secret,
             algorithm,
         } => sign(&kind, &secret, &algorithm),
+        Command::Probe { url } => probe(&url),
         Command::Dev(opts) => crate::dev::run(opts),
     };
     match result {
@@ -209,4 +216,48 @@ fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> 
         };
     println!("{header}");
     Ok(())
+}
+
+/// A plain HTTP/1.1 GET with a short deadline; the admin listener speaks nothing fancier.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url:?}: only http:// URLs (the admin listener) can be probed"
+        ));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let deadline = std::time::Duration::from_secs(3);
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, deadline)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(deadline))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.take(64 * 1024)
+        .read_to_string(&mut answer)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    let body = answer.split_once("\r\n\r\n").map_or("", |b| b.1).trim();
+    if status == "200" {
+        println!("{body}");
+        Ok(())
+    } else {
+        Err(format!("{url}: {status} {body}"))
+    }
 }
