@@ -110,7 +110,9 @@ pub fn main() -> i32 {
     // installs it only when a listener starts, later than the kube and HTTP clients may need it.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // A load test measures the gateway, not the terminal: one line per request is left out.
+    let quiet = matches!(&cli.command, Command::Dev(o) if o.bench);
+    init_logging(cli.log_format, if quiet { "warn" } else { "info" });
     let result = match cli.command {
         Command::Serve { config, upgrade } => serve(&config, RunOptions { upgrade }),
         Command::Check { config, offline } => crate::check::run(&config, offline),
@@ -138,11 +140,15 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns on every handshake that carries an IP address as SNI (common among
+        // clients): noise an attacker could multiply, so only its errors are shown.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{default_level},rustls=error"))
+        });
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);

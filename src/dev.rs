@@ -28,6 +28,21 @@ pub struct DevOptions {
     /// (default: a new folder under the system's temporary directory).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Serve this certificate (PEM) instead of a new self-signed one; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Use this receiver token instead of a random one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The receiver's name (with namespace flux-system it makes the hook path).
+    #[arg(long, default_value = "github-receiver")]
+    receiver: String,
+    /// For load tests (bench/peers/run.sh): rate limits wide open, no penalty box, answers
+    /// 202 as soon as a delivery is queued, an in-memory queue, and only warnings logged.
+    #[arg(long)]
+    pub bench: bool,
 }
 
 fn random_hex(n: usize) -> Result<String, String> {
@@ -67,10 +82,18 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
 
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .map_err(|e| format!("cannot make a certificate: {e}"))?;
-    let cert_path = write(&dir, "tls.crt", cert.cert.pem())?;
-    write(&dir, "tls.key", cert.key_pair.serialize_pem())?;
+    let (cert_path, key_path) = match (&opts.tls_cert, &opts.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                    .map_err(|e| format!("cannot make a certificate: {e}"))?;
+            (
+                write(&dir, "tls.crt", cert.cert.pem())?,
+                write(&dir, "tls.key", cert.key_pair.serialize_pem())?,
+            )
+        }
+    };
 
     let sa_token = random_hex(32)?;
     let mut api = ApiConfig::new().user(&sa_token, SERVICE_ACCOUNT).allow(
@@ -92,26 +115,39 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", kubeconfig.display()))?;
 
     // The same token format `flux create secret receiver` generates.
-    let token = random_hex(32)?;
-    let token_path = write(&dir, "webhook-token", &token)?;
+    let (token, token_path) = match &opts.token_file {
+        Some(f) => (
+            crate::secret::Secret::from_file(f)
+                .map(|s| String::from_utf8_lossy(s.expose()).into_owned())?,
+            f.clone(),
+        ),
+        None => {
+            let t = random_hex(32)?;
+            let p = write(&dir, "webhook-token", &t)?;
+            (t, p)
+        }
+    };
+    let name = opts.receiver.as_str();
+    let tuning = if opts.bench {
+        "[relay]\nwait = \"0s\"\n\n[limits]\nper_ip = \"1000000/s\"\nper_ip_burst = 1000000\nper_receiver = \"1000000/s\"\nper_receiver_burst = 1000000\nblock_after_failures = 0\nmax_connections_per_ip = 0\n".to_string()
+    } else {
+        format!("[relay]\nqueue_dir = \"{}/queue\"\n", dir.display())
+    };
     let config = format!(
         r#"# Written by `fluxgate dev`. Every key is explained in config/fluxgate.toml.
 [server]
 listen = "{listen}"
 admin_listen = "{admin}"
-tls_cert = "{dir}/tls.crt"
-tls_key = "{dir}/tls.key"
-
+tls_cert = "{cert}"
+tls_key = "{key}"
 upgrade_sock = "{dir}/upgrade.sock"
 
 [kubernetes]
 kubeconfig = "{dir}/kubeconfig"
 
-[relay]
-queue_dir = "{dir}/queue"
-
+{tuning}
 [[receivers]]
-name = "github-receiver"
+name = "{name}"
 namespace = "flux-system"
 type = "github"
 events = ["ping", "push"]
@@ -125,6 +161,8 @@ resources = [
         admin = opts.admin_listen,
         dir = dir.display(),
         token = token_path.display(),
+        cert = cert_path.display(),
+        key = key_path.display(),
     );
     let config_path = write(&dir, "fluxgate.toml", config)?;
     let body_path = write(&dir, "push.json", PUSH)?;
@@ -132,7 +170,7 @@ resources = [
     let (settings, kube) = crate::cli::prepare(&config_path)?;
     edge::check_bind(&settings)?;
 
-    let hook = flux_hook_path(token.as_bytes(), "github-receiver", "flux-system");
+    let hook = flux_hook_path(token.as_bytes(), name, "flux-system");
     let sig = signature::sign(Algorithm::Sha256, token.as_bytes(), PUSH);
     println!(
         "\nfluxgate dev: the whole delivery path on this machine, no cluster needed.\n\n\
@@ -154,8 +192,20 @@ resources = [
         cert = cert_path.display(),
         body = body_path.display(),
     );
-    std::thread::spawn(move || report_patches(standin));
+    if opts.bench {
+        std::thread::spawn(move || keep(standin));
+    } else {
+        std::thread::spawn(move || report_patches(standin));
+    }
     edge::run(&config_path, settings, kube, RunOptions::default())
+}
+
+/// Keeps the stand-in running for the life of the process, quietly.
+fn keep(standin: StandIn) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        let _ = standin.url();
+    }
 }
 
 /// Shows what reached the API, so a new user sees the delivery arrive at the cluster side.

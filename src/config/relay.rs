@@ -1,6 +1,6 @@
 //! The `[relay]` section: the queue between verified deliveries and the Kubernetes API.
 
-use super::{duration, Problems};
+use super::{duration, duration_or_off, Problems};
 use crate::relay::queue::QueueSettings;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -51,7 +51,8 @@ pub(super) fn relay(raw: RawRelay, p: &mut Problems) -> RelaySettings {
     }
     RelaySettings {
         queue_dir: raw.queue_dir,
-        wait: d("wait", &raw.wait, Duration::from_secs(2), p),
+        // Zero answers 202 as soon as the delivery is queued.
+        wait: duration_or_off("relay.wait", raw.wait.as_deref(), Duration::from_secs(2), p),
         queue: QueueSettings {
             max_in_flight: max_in_flight.max(1),
             min_interval: d("min_interval", &raw.min_interval, Duration::from_secs(1), p),
