@@ -1,0 +1,263 @@
+//! Packaging: the systemd unit verifies and is hardened, the Dockerfile builds with the CI
+//! script into a non-root distroless image, and the documented environment overrides are real
+//! configuration keys.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `systemd-analyze`, or None (with a note) when this machine has none.
+fn systemd_analyze() -> Option<&'static str> {
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(o) if o.status.success() => Some("systemd-analyze"),
+        _ => {
+            println!("skipped: systemd-analyze is not installed");
+            None
+        }
+    }
+}
+
+/// The unit with the binary it runs replaced by the one cargo built, in a folder of its own
+/// and under its own name (systemd names the unit after the file).
+fn unit_copy(dir: &Path) -> PathBuf {
+    let unit = read("systemd/fluxgate.service").replace("/usr/local/bin/fluxgate", BIN);
+    let path = dir.join("fluxgate.service");
+    std::fs::write(&path, unit).unwrap();
+    path
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_copy(dir.path());
+    let out = Command::new(analyze)
+        .args(["verify", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stderr}");
+    // Complaints about other units on this machine are not ours; about an uninstalled unit,
+    // expected.
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("fluxgate.service"))
+        .filter(|l| !l.contains("not installed") && !l.contains("not enabled"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+}
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let out = Command::new(analyze)
+        .args(["security", "--no-pager", "--offline=yes"])
+        .arg(repo("systemd/fluxgate.service"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("offline") {
+        println!("skipped: this systemd-analyze has no --offline (systemd < 250): {stderr}");
+        return;
+    }
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level for fluxgate.service"))
+        .unwrap_or_else(|| panic!("no overall exposure level in:\n{stdout}{stderr}"));
+    let score: f64 = line
+        .rsplit(": ")
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
+    println!("{}", line.trim());
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{stdout}");
+}
+
+/// Dockerfile instructions with their continuation lines joined, comments dropped.
+fn instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        match t.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(t);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_dockerfile_builds_with_the_ci_script_into_a_non_root_distroless_image() {
+    let all = instructions(&read("Dockerfile"));
+    let stages: Vec<&[String]> = {
+        let starts: Vec<usize> = (0..all.len())
+            .filter(|&i| all[i].starts_with("FROM "))
+            .collect();
+        assert!(starts.len() >= 2, "a multi-stage build: {all:#?}");
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, &s)| &all[s..*starts.get(n + 1).unwrap_or(&all.len())])
+            .collect()
+    };
+    let (build, last) = (stages[0], stages[stages.len() - 1]);
+
+    assert!(
+        build[0].contains("rust:") && build[0].contains("bookworm"),
+        "{build:#?}"
+    );
+    let runs: Vec<&String> = build.iter().filter(|i| i.starts_with("RUN ")).collect();
+    assert!(
+        runs.iter().any(|r| r.contains("scripts/build-release")),
+        "the build stage runs scripts/build-release: {build:#?}"
+    );
+    assert!(
+        !runs.iter().any(|r| r.contains("cargo ")),
+        "the build stage builds only through scripts/build-release: {build:#?}"
+    );
+    let script = repo("scripts/build-release");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&script.metadata().unwrap().permissions());
+    assert!(mode & 0o111 != 0, "scripts/build-release is executable");
+
+    assert!(
+        last[0].contains("gcr.io/distroless/cc-debian12") && last[0].contains(":nonroot"),
+        "{}",
+        last[0]
+    );
+    let has = |prefix: &str, what: &[&str]| {
+        last.iter()
+            .any(|i| i.starts_with(prefix) && what.iter().all(|w| i.contains(w)))
+    };
+    assert!(has("USER ", &["nonroot"]), "{last:#?}");
+    assert!(has("EXPOSE ", &["8443", "9102"]), "{last:#?}");
+    assert!(
+        has("COPY ", &["--from=build", "/usr/local/bin/fluxgate"]),
+        "{last:#?}"
+    );
+    assert!(
+        has("ENTRYPOINT ", &["\"/usr/local/bin/fluxgate\""]),
+        "{last:#?}"
+    );
+    assert!(has("VOLUME ", &["/var/lib/fluxgate"]), "{last:#?}");
+    assert!(
+        has(
+            "HEALTHCHECK ",
+            &["\"probe\"", "http://127.0.0.1:9102/healthz"]
+        ),
+        "the health check uses the admin listener: {last:#?}"
+    );
+    // The admin listener stays private unless the operator opens it.
+    assert!(!has("ENV ", &["ADMIN_LISTEN"]), "{last:#?}");
+}
+
+#[test]
+fn the_health_check_command_exists() {
+    let out = Command::new(BIN)
+        .args(["probe", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `FLUXGATE__A__B=value` settings: active or commented-out lines of an environment file,
+/// or the unit's `Environment=` lines.
+fn settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start_matches('#').trim();
+            let l = l.strip_prefix("Environment=").unwrap_or(l);
+            let (key, value) = l.split_once('=')?;
+            let shaped = key.starts_with("FLUXGATE__")
+                && key.matches("__").count() == 2
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            (shaped && !value.is_empty() && !value.contains(char::is_whitespace))
+                .then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Runs `fluxgate check --offline` on a minimal valid configuration with one override; None
+/// when the value is a path that does not exist on this machine.
+fn check_with(key: &str, value: &str) -> Option<(bool, String)> {
+    let s = Setup::new();
+    let secret = s.secret("r", "a-token");
+    let s = s.receiver(&format!(
+        "name = \"r\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\n\
+         resources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        secret.display()
+    ));
+    s.offline_kubeconfig();
+    let config = s.write_config(8443, 9102);
+    // The unit's paths, moved into this test's folder: %d (the credentials) holds tls.crt,
+    // tls.key and kubeconfig, as the Setup folder does.
+    let d = s.dir.path().display().to_string();
+    let value = value
+        .replace("%d", &d)
+        .replace("/var/lib/fluxgate", &format!("{d}/state"))
+        .replace("/run/fluxgate", &d);
+    if value.starts_with('/') && !Path::new(&value).exists() && !value.starts_with(&d) {
+        return None;
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--offline", "--config"]).arg(&config);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLUXGATE__")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.env(key, &value).output().unwrap();
+    Some((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    ))
+}
+
+#[test]
+fn the_documented_environment_overrides_are_configuration_keys() {
+    // The check is worth something only if an unknown key fails.
+    let (ok, out) = check_with("FLUXGATE__SERVER__NO_SUCH_KEY", "1").unwrap();
+    assert!(!ok, "an unknown key must be refused:\n{out}");
+
+    let mut all = settings(&read("systemd/fluxgate.env.example"));
+    assert!(all.len() >= 10, "{all:?}");
+    let from_unit = settings(&read("systemd/fluxgate.service"));
+    assert!(from_unit.len() >= 5, "{from_unit:?}");
+    all.extend(from_unit);
+    let mut checked = 0;
+    for (key, value) in &all {
+        let Some((ok, out)) = check_with(key, value) else {
+            println!("{key}={value}: skipped, no such path here");
+            continue;
+        };
+        assert!(ok, "{key}={value}:\n{out}");
+        println!("{key}={value}: ok");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} checked");
+}
