@@ -15,29 +15,6 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
     )
 }
 
-fn signed(secret: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("Content-Type", "application/json".to_string()),
-        ("X-GitHub-Event", "push".to_string()),
-        ("X-GitHub-Delivery", delivery.to_string()),
-        ("X-Hub-Signature-256", sig("sha256", secret, body)),
-    ]
-}
-
-fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-fn uid() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "delivery-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn allow_lists_refuse_with_403_and_unknown_addresses_are_closed_before_tls() {
     let s = Setup::new();

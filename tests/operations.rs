@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use kube_standin::{Rule, StandIn};
 use serde_json::Value;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -15,15 +14,6 @@ const APP: &str = "resources = [{ kind = \"GitRepository\", name = \"app\" }]";
 /// Edge limits and the penalty box out of the way, for tests that poll a path until it is live.
 const NO_LIMITS: &str = "[limits]\nper_ip = \"off\"\nper_receiver = \"off\"\nblock_after_failures = 0\nmax_connections_per_ip = 0";
 
-fn uid() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "ops-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 /// A github receiver in flux-system with its secret in `<name>.secret`; `extra` holds its
 /// `resources` and any other lines.
 fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
@@ -31,20 +21,6 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
         "name = \"{name}\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\n{extra}",
         s.secret(name, secret).display()
     )
-}
-
-/// The headers GitHub sends with a push signed with `secret`.
-fn signed(secret: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("Content-Type", "application/json".to_string()),
-        ("X-GitHub-Event", "push".to_string()),
-        ("X-GitHub-Delivery", delivery.to_string()),
-        ("X-Hub-Signature-256", sig("sha256", secret, body)),
-    ]
-}
-
-fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// POSTs a GitHub push signed with `secret` to `path` from 127.0.0.1; (status, body).

@@ -166,29 +166,7 @@ impl Setup {
     }
 
     pub fn start_with(self, api: StandIn) -> Gateway {
-        api.write_kubeconfig(&self.path("kubeconfig"), SA_TOKEN)
-            .unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let config = self.write_config(port, admin);
-        let log = self.path("gateway.log");
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut gw = Gateway {
-            child,
-            port,
-            admin,
-            api,
-            setup: self,
-            log,
-        };
-        gw.wait_healthy();
-        gw
+        self.start_with_args(api, &[], &[])
     }
 }
 
@@ -1007,4 +985,30 @@ where
         rest
     };
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A fresh delivery id per call, unique across the test binary's processes.
+pub fn uid() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "delivery-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The headers GitHub sends with a push signed with `secret`.
+pub fn signed(secret: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/json".to_string()),
+        ("X-GitHub-Event", "push".to_string()),
+        ("X-GitHub-Delivery", delivery.to_string()),
+        ("X-Hub-Signature-256", sig("sha256", secret, body)),
+    ]
+}
+
+/// Borrows owned header pairs in the form `Gateway::post` takes.
+pub fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
