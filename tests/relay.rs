@@ -969,3 +969,48 @@ async fn a_burst_of_a_thousand_deliveries_makes_a_handful_of_patches() {
         patches.len()
     );
 }
+
+/// Many deliveries at once to one target with answers not waiting for the patch: the queue is
+/// worked concurrently with the submissions. A lock-order inversion between them once froze
+/// the whole listener after a few seconds of this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deliveries_and_the_relay_worker_never_deadlock() {
+    let s = Setup::new()
+        .section("[relay]\nwait = \"0s\"\nmin_interval = \"1ms\"\n\n[limits]\nper_ip = \"off\"\nper_receiver = \"off\"");
+    let r = format!(
+        "name = \"g\"\nnamespace = \"flux-system\"\ntype = \"generic\"\nsecret_file = \"{}\"\nreplay_window = \"0s\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}, {{ kind = \"GitRepository\", name = \"other\" }}]",
+        s.secret("g", "t").display()
+    );
+    let gw = std::sync::Arc::new(s.receiver(&r).start());
+    let path = hook("t", "g", "flux-system");
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (gw, path) = (gw.clone(), path.clone());
+        let client = gw.client();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while std::time::Instant::now() < until {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.post(gw.url(&path)).body("").send(),
+                )
+                .await
+                .expect("a delivery hung: the gateway stopped answering")
+                .expect("the delivery failed");
+                assert!(matches!(r.status().as_u16(), 200 | 202), "{}", r.status());
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert!(total > 100, "only {total} deliveries in 4 s");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), gw.post(&path, &[], ""))
+        .await
+        .expect("the gateway stopped answering after the load");
+    assert!(matches!(status, 200 | 202));
+}

@@ -103,16 +103,24 @@ impl Queue {
 
     fn insert(&self, jobs: Vec<Job>, waiters: Option<Vec<oneshot::Sender<Outcome>>>) {
         let now = Instant::now();
-        let last = lock(&self.last_patch);
+        // Lock order is entries, then last_patch (as in `execute`): read what is needed from
+        // last_patch and let it go before taking entries, or the two deadlock under load.
+        let ready: Vec<(Job, Instant)> = {
+            let last = lock(&self.last_patch);
+            jobs.into_iter()
+                .map(|job| {
+                    let at = last
+                        .get(&job.key())
+                        .map_or(now, |t| (*t + self.settings.min_interval).max(now));
+                    (job, at)
+                })
+                .collect()
+        };
         let mut entries = lock(&self.entries);
         let mut waiters = waiters.map(|w| w.into_iter());
-        for job in jobs {
-            let key = job.key();
+        for (job, ready_at) in ready {
             let generation = job.generation;
-            let ready_at = last
-                .get(&key)
-                .map_or(now, |t| (*t + self.settings.min_interval).max(now));
-            let e = entries.entry(key).or_insert_with(|| Entry {
+            let e = entries.entry(job.key()).or_insert_with(|| Entry {
                 job: job.clone(),
                 in_flight: false,
                 ready_at,
@@ -124,7 +132,6 @@ impl Queue {
             }
         }
         drop(entries);
-        drop(last);
         self.update_gauges();
         self.wake.notify_one();
     }
