@@ -81,8 +81,13 @@ pub struct Receiver {
 impl Receiver {
     /// Flux's rule: an empty list accepts every event; otherwise the event must be listed.
     pub fn accepts_event(&self, event: Option<&str>) -> bool {
-        self.events.is_empty()
-            || event.is_some_and(|e| self.events.iter().any(|x| *x == e.to_lowercase()))
+        if self.events.is_empty() {
+            return true;
+        }
+        let Some(e) = event.map(str::to_lowercase) else {
+            return false;
+        };
+        self.events.contains(&e)
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {

@@ -233,7 +233,7 @@ impl Queue {
                 }
                 Err(err) if err.is_permanent() => {
                     result_label = "refused";
-                    tracing::error!(target_object = %describe(&job.target), "the Kubernetes API refused the reconcile request for good: {err}");
+                    tracing::error!(target_object = %job.target, "the Kubernetes API refused the reconcile request for good: {err}");
                     resolve(&mut e.waiters, job.generation, &Outcome::Refused(err));
                     e.ready_at = now;
                     remove = Some(job.generation);
@@ -253,7 +253,7 @@ impl Queue {
                             e.job.attempts,
                             humantime::format_duration(Duration::from_secs(age.as_secs()))
                         );
-                        tracing::error!(target_object = %describe(&job.target), "dropping the relay job: {why}");
+                        tracing::error!(target_object = %job.target, "dropping the relay job: {why}");
                         resolve(&mut e.waiters, u64::MAX, &Outcome::Dropped(why));
                         remove = Some(e.job.generation);
                         entries.remove(&key);
@@ -262,7 +262,7 @@ impl Queue {
                         let wait = err
                             .retry_after()
                             .unwrap_or_else(|| self.backoff(e.job.attempts));
-                        tracing::warn!(target_object = %describe(&job.target), attempt = e.job.attempts, retry_in_ms = wait.as_millis() as u64, "reconcile request failed, will retry: {err}");
+                        tracing::warn!(target_object = %job.target, attempt = e.job.attempts, retry_in_ms = wait.as_millis() as u64, "reconcile request failed, will retry: {err}");
                         e.ready_at = now + wait;
                     }
                 }
@@ -330,8 +330,4 @@ fn resolve(waiters: &mut Vec<(u64, oneshot::Sender<Outcome>)>, upto: u64, outcom
             i += 1;
         }
     }
-}
-
-pub fn describe(t: &Target) -> String {
-    t.to_string()
 }
