@@ -12,7 +12,7 @@ use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::queue::Outcome;
 use crate::relay::Relay;
-use http::{header, Method, Uri};
+use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -118,7 +118,7 @@ impl HookApp {
         log.client = Some(client);
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
-        let route = route(rt, &req.uri).cloned();
+        let route = rt.routes.find(&req.uri).cloned();
         log.receiver = route.clone();
         if let Some(wait) = rt.guard.blocked(client) {
             return Answer::refused(&Refusal::new(
@@ -391,15 +391,6 @@ impl HookApp {
             Err(_) => None,
         }
     }
-}
-
-/// Exact match on the request target, as Flux matches `RequestURI`: a query string, a
-/// trailing slash, percent-encoding or an absolute URI is not the hook's path.
-fn route<'r>(rt: &'r Runtime, uri: &Uri) -> Option<&'r Arc<Receiver>> {
-    if uri.scheme().is_some() || uri.authority().is_some() {
-        return None;
-    }
-    rt.routes.get(uri.path_and_query()?.as_str())
 }
 
 fn failed(rt: &Runtime, client: IpAddr) {

@@ -3,13 +3,13 @@
 //! secrets, allow-lists, limits and the certificate follow the files.
 
 use super::hook::Limits;
+use super::routes::Routes;
 use super::tls::CertResolver;
 use crate::config::{Receiver, Settings};
 use crate::guard::ranges::RangeSet;
 use crate::guard::Guard;
 use crate::metrics;
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -17,7 +17,7 @@ use std::time::SystemTime;
 /// What one configuration means for requests.
 pub struct Runtime {
     pub receivers: Vec<Arc<Receiver>>,
-    pub routes: HashMap<String, Arc<Receiver>>,
+    pub routes: Routes,
     pub guard: Arc<Guard>,
     pub limits: Limits,
     pub ranges: Vec<Arc<RangeSet>>,
@@ -26,11 +26,7 @@ pub struct Runtime {
 impl Runtime {
     fn new(s: &Settings, guard: Arc<Guard>) -> Self {
         Runtime {
-            routes: s
-                .receivers
-                .iter()
-                .map(|r| (r.path.clone(), r.clone()))
-                .collect(),
+            routes: Routes::new(&s.receivers),
             receivers: s.receivers.clone(),
             guard,
             limits: Limits {

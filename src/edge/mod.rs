@@ -6,6 +6,7 @@ pub mod connection;
 pub mod hook;
 pub mod live;
 pub mod maintenance;
+pub mod routes;
 pub mod tls;
 
 use crate::config::Settings;
