@@ -50,9 +50,15 @@ impl Relay {
     /// jobs. An error means it could not be queued at all.
     pub async fn deliver(&self, targets: &[Target]) -> Result<Delivered, String> {
         let generation = job::next_generation();
-        let waiting = self.queue.submit(targets, generation).await?;
-        let deadline = tokio::time::Instant::now() + self.wait;
+        // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
+        // up to its next millisecond tick, which would hold every answer for up to 1 ms.
+        let wait = !self.wait.is_zero();
+        let waiting = self.queue.submit(targets, generation, wait).await?;
         let mut results = Vec::with_capacity(targets.len());
+        if !wait {
+            results.extend(targets.iter().map(|t| (t.clone(), None)));
+        }
+        let deadline = tokio::time::Instant::now() + self.wait;
         for (t, rx) in targets.iter().zip(waiting) {
             let outcome = tokio::time::timeout_at(deadline, rx)
                 .await
