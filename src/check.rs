@@ -154,7 +154,7 @@ async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
             namespaces.insert(t.namespace.clone());
             let qualified = format!("{}.{}", t.plural, t.group);
             let (name, verbs): (Option<&str>, &[&str]) = match &t.select {
-                Select::Name(n) => (Some(n), &["patch"]),
+                Select::Name(n) => (Some(n.as_str()), &["patch"]),
                 Select::Labels(_) => (None, &["list", "patch"]),
             };
             for verb in verbs {

@@ -12,6 +12,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A key that takes one value or a list (`secret_file = "a"` or `secret_file = ["a", "b"]`).
@@ -68,7 +69,9 @@ pub struct Receiver {
     pub events: Vec<String>,
     pub path: String,
     pub verifier: Box<dyn Verifier>,
-    pub targets: Vec<Target>,
+    pub targets: Vec<Arc<Target>>,
+    /// Each target as answers name it, written once rather than for every delivery.
+    pub target_names: Vec<String>,
     /// `None`: every address may deliver.
     pub allow: Option<AllowList>,
     /// How long an accepted delivery id is remembered; zero turns deduplication off.
@@ -195,7 +198,7 @@ pub(super) fn receiver(
                 if spec.name != "*" && !spec.match_labels.is_empty() {
                     warnings.push(format!("{key}.resources[{j}].matchLabels: ignored because name is not \"*\", as in Flux"));
                 }
-                targets.push(t);
+                targets.push(Arc::new(t));
             }
             Err((field, reason)) => p.add(format!("{key}.resources[{j}].{field}"), reason),
         }
@@ -216,6 +219,7 @@ pub(super) fn receiver(
         name: r.name,
         namespace: r.namespace,
         kind,
+        target_names: targets.iter().map(|t| t.to_string()).collect(),
         targets,
         allow,
         replay_window,

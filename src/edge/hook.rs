@@ -11,12 +11,12 @@ use crate::guard::replay::Claim;
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::queue::Outcome;
-use crate::relay::Relay;
+use crate::relay::{Patched, Relay};
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
-use serde_json::json;
+use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +37,27 @@ pub struct Limits {
 pub struct HookApp {
     pub live: Arc<Live>,
     relay: Arc<Relay>,
+}
+
+/// The JSON answer to a verified delivery.
+#[derive(Serialize, Default)]
+struct Summary<'a> {
+    receiver: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    relayed: bool,
+    #[serde(rename = "requestedAt", skip_serializing_if = "Option::is_none")]
+    requested_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patched: Option<Vec<&'a Patched>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unmatched: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued: Option<Vec<&'a str>>,
 }
 
 /// What the log line of one request says.
@@ -74,18 +95,19 @@ impl HookApp {
                     "malformed_request",
                     &format!("malformed request: {}", why(&e)),
                 );
-                return self
-                    .finish(s, a, Delivery::default(), Instant::now(), shutdown)
+                return Box::pin(self.finish(s, a, Delivery::default(), Instant::now(), shutdown))
                     .await;
             }
         }
         let started = Instant::now();
         let mut log = Delivery::default();
+        // Boxed: a connection spends most of its life waiting for its next request, and
+        // its task should not carry the space of a whole delivery while it waits.
         let answer = match peer {
-            Some(peer) => self.handle(&rt, &mut s, peer, &mut log).await,
+            Some(peer) => Box::pin(self.handle(&rt, &mut s, peer, &mut log)).await,
             None => Answer::text(400, "malformed_request", "no client address"),
         };
-        self.finish(s, answer, log, started, shutdown).await
+        Box::pin(self.finish(s, answer, log, started, shutdown)).await
     }
 
     async fn handle(
@@ -226,7 +248,12 @@ impl HookApp {
                 return Answer::json(
                     200,
                     "ping",
-                    &json!({"receiver": receiver.label, "event": ev, "relayed": false}),
+                    &Summary {
+                        receiver: &receiver.label,
+                        event: Some(ev),
+                        relayed: false,
+                        ..Summary::default()
+                    },
                 );
             }
             if !receiver.accepts_event(Some(ev).filter(|e| !e.is_empty())) {
@@ -260,7 +287,13 @@ impl HookApp {
                         return Answer::json(
                             200,
                             "duplicate",
-                            &json!({"receiver": receiver.label, "delivery": id, "duplicate": true, "relayed": false}),
+                            &Summary {
+                                receiver: &receiver.label,
+                                delivery: Some(id),
+                                duplicate: Some(true),
+                                relayed: false,
+                                ..Summary::default()
+                            },
                         )
                     }
                     Claim::New => Some(id.as_str()),
@@ -295,20 +328,20 @@ impl HookApp {
         let mut unmatched = Vec::new();
         let mut queued = Vec::new();
         let mut failed = Vec::new();
-        for (target, outcome) in &delivered.results {
+        for ((_, outcome), target) in delivered.results.iter().zip(&receiver.target_names) {
             match outcome {
                 Some(Outcome::Patched {
                     patched: p,
                     unmatched: none,
                 }) => {
-                    patched.extend(p.iter().cloned());
+                    patched.extend(p.iter());
                     if *none {
-                        unmatched.push(target.to_string());
+                        unmatched.push(target.as_str());
                     }
                 }
                 Some(Outcome::Refused(e)) => failed.push(format!("{target}: {e}")),
                 Some(Outcome::Dropped(why)) => failed.push(format!("{target}: {why}")),
-                None => queued.push(target.to_string()),
+                None => queued.push(target.as_str()),
             }
         }
         log.patched = patched.len();
@@ -322,18 +355,22 @@ impl HookApp {
                 ),
             );
         }
-        let mut summary = json!({
-            "receiver": receiver.label,
-            "event": log.event,
-            "requestedAt": delivered.requested_at,
-            "patched": patched,
-            "unmatched": unmatched,
-        });
-        if queued.is_empty() {
-            return Answer::json(200, "relayed", &summary);
-        }
-        summary["queued"] = json!(queued);
-        Answer::json(202, "queued", &summary)
+        let (status, outcome) = if queued.is_empty() {
+            (200, "relayed")
+        } else {
+            (202, "queued")
+        };
+        let summary = Summary {
+            receiver: &receiver.label,
+            event: log.event.as_deref(),
+            relayed: true,
+            requested_at: Some(&delivered.requested_at),
+            patched: Some(patched),
+            unmatched: Some(unmatched),
+            queued: Some(queued).filter(|q| !q.is_empty()),
+            ..Summary::default()
+        };
+        Answer::json(status, outcome, &summary)
     }
 
     /// Writes the answer, logs and counts the request, and decides whether the connection

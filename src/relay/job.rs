@@ -2,13 +2,15 @@
 
 use super::target::Target;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// One job per target. `generation` is the newest delivery's time in nanoseconds since 1970;
 /// it only grows, and the patch carries it as the requestedAt value, so a later patch is never
 /// older than a delivery it absorbed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
-    pub target: Target,
+    /// Shared with the receiver: a delivery queues its targets without copying them.
+    pub target: Arc<Target>,
     pub generation: u64,
     /// When the oldest delivery still waiting in this job arrived, for `max_age`.
     pub since: u64,
@@ -16,7 +18,7 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(target: Target, generation: u64) -> Self {
+    pub fn new(target: Arc<Target>, generation: u64) -> Self {
         Job {
             target,
             generation,

@@ -28,7 +28,7 @@ pub struct Patched {
 /// `None` where the job is still queued.
 pub struct Delivered {
     pub requested_at: String,
-    pub results: Vec<(Target, Option<Outcome>)>,
+    pub results: Vec<(Arc<Target>, Option<Outcome>)>,
 }
 
 pub struct Relay {
@@ -48,7 +48,7 @@ impl Relay {
 
     /// Queues the delivery (durably, when the queue is) and waits up to `relay.wait` for its
     /// jobs. An error means it could not be queued at all.
-    pub async fn deliver(&self, targets: &[Target]) -> Result<Delivered, String> {
+    pub async fn deliver(&self, targets: &[Arc<Target>]) -> Result<Delivered, String> {
         let generation = job::next_generation();
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.

@@ -48,9 +48,10 @@ struct Entry {
 }
 
 pub struct Queue {
-    entries: Mutex<HashMap<String, Entry>>,
+    /// Keyed by target, shared with the receivers' configuration.
+    entries: Mutex<HashMap<Arc<Target>, Entry>>,
     /// When each target was last patched, for `min_interval`.
-    last_patch: Mutex<HashMap<String, Instant>>,
+    last_patch: Mutex<HashMap<Arc<Target>, Instant>>,
     wake: Notify,
     permits: Arc<Semaphore>,
     store: Store,
@@ -93,7 +94,7 @@ impl Queue {
     /// target, in order, for the outcome; without, nobody is told.
     pub async fn submit(
         &self,
-        targets: &[Target],
+        targets: &[Arc<Target>],
         generation: u64,
         wait: bool,
     ) -> Result<Vec<oneshot::Receiver<Outcome>>, String> {
@@ -120,7 +121,7 @@ impl Queue {
             jobs.into_iter()
                 .map(|job| {
                     let at = last
-                        .get(&job.key())
+                        .get(&job.target)
                         .map_or(now, |t| (*t + self.settings.min_interval).max(now));
                     (job, at)
                 })
@@ -134,7 +135,7 @@ impl Queue {
         let mut added = false;
         for (job, ready_at) in ready {
             let generation = job.generation;
-            let e = entries.entry(job.key()).or_insert_with(|| {
+            let e = entries.entry(job.target.clone()).or_insert_with(|| {
                 added = true;
                 Entry {
                     job: job.clone(),
@@ -218,7 +219,7 @@ impl Queue {
         }
     }
 
-    async fn execute(self: Arc<Self>, key: String, job: Job) {
+    async fn execute(self: Arc<Self>, key: Arc<Target>, job: Job) {
         let at = requested_at(job.generation);
         let started = Instant::now();
         let result = self.attempt(&job.target, &at).await;
@@ -296,7 +297,7 @@ impl Queue {
                 .inc();
         }
         if let Some(generation) = remove {
-            if let Err(e) = self.store.remove(key, generation).await {
+            if let Err(e) = self.store.remove(key.key(), generation).await {
                 tracing::error!("cannot remove a finished job from the queue: {e}");
             }
         }

@@ -297,14 +297,14 @@ mod tests {
 
     fn job(name: &str, generation: u64) -> Job {
         Job::new(
-            Target {
+            std::sync::Arc::new(Target {
                 group: "source.toolkit.fluxcd.io".into(),
                 version: "v1".into(),
                 kind: "GitRepository".into(),
                 plural: "gitrepositories".into(),
                 namespace: "flux-system".into(),
                 select: Select::Name(name.into()),
-            },
+            }),
             generation,
         )
     }

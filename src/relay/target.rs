@@ -56,13 +56,13 @@ fn current_api_version(kind: &str) -> &'static str {
 }
 
 /// Which objects of the kind: one by name, or every match of a label selector (`name = "*"`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Select {
     Name(String),
     Labels(BTreeMap<String, String>),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub group: String,
     pub version: String,
