@@ -152,9 +152,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(crate::metrics::HandshakeFailures);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Text => registry.with(fmt).try_init(),
         LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),

@@ -166,36 +166,3 @@ pub fn render() -> Vec<u8> {
     let _ = TextEncoder::new().encode(&prometheus::gather(), &mut out);
     out
 }
-
-/// Counts what pingora reports only as a log line: failed TLS handshakes on the listener.
-pub struct HandshakeFailures;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HandshakeFailures {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        use tracing_log::NormalizeEvent;
-        let meta = event.normalized_metadata();
-        let target = meta
-            .as_ref()
-            .map_or(event.metadata().target(), |m| m.target());
-        if target != "pingora_core::services::listening" {
-            return;
-        }
-        struct Message(bool);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}").starts_with("Downstream handshake");
-                }
-            }
-        }
-        let mut m = Message(false);
-        event.record(&mut m);
-        if m.0 {
-            get().tls_handshake_failures.inc();
-        }
-    }
-}

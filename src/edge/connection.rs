@@ -3,6 +3,7 @@
 
 use super::hook::HookApp;
 use super::live::Live;
+use super::tls_stream::{peer_ip, TlsConn};
 use crate::guard::cidr::canonical;
 use crate::metrics;
 use async_trait::async_trait;
@@ -13,6 +14,8 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
 
 /// Runs after `accept` and before TLS: an address no receiver allows, one in the penalty box,
 /// or one already holding its share of connections costs no handshake.
@@ -61,10 +64,11 @@ impl ConnectionFilter for EdgeFilter {
     }
 }
 
-/// Owns each connection's request loop, so its per-address slot is held for the whole
-/// connection and not for one request.
+/// Owns each connection from its TLS handshake on, so its per-address slot is held for the
+/// whole connection, handshake included, and not for one request.
 pub struct HookServer {
     pub app: Arc<HookApp>,
+    pub tls: TlsAcceptor,
 }
 
 struct OpenConnection;
@@ -89,11 +93,7 @@ impl ServerApp for HookServer {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer: Option<IpAddr> = stream.get_socket_digest().and_then(|d| {
-            d.peer_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| canonical(a.ip()))
-        });
+        let peer = peer_ip(&stream);
         let rt = self.app.live.get();
         let guard = &rt.guard;
         let _slot = match peer {
@@ -109,6 +109,14 @@ impl ServerApp for HookServer {
             },
             _ => None,
         };
+        // The head's deadline bounds the handshake too: a client that opens a connection and
+        // stalls holds a slot and memory, and pingora's own limit is 60 s.
+        let stream = match timeout(rt.limits.head_timeout, self.tls.accept(stream)).await {
+            Ok(Ok(tls)) => Box::new(TlsConn(tls)) as Stream,
+            Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
+            Err(_) => return handshake_failed(peer, "timed out"),
+        };
+        drop(rt);
         let _open = OpenConnection::new();
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
@@ -121,4 +129,12 @@ impl ServerApp for HookServer {
             }
         }
     }
+}
+
+/// Counted, and logged at debug level only: anyone can make handshakes fail, and the log
+/// must not grow with them.
+fn handshake_failed(peer: Option<IpAddr>, why: &str) -> Option<Stream> {
+    metrics::get().tls_handshake_failures.inc();
+    tracing::debug!(client = ?peer, "TLS handshake failed: {why}");
+    None
 }

@@ -8,6 +8,7 @@ pub mod live;
 pub mod maintenance;
 pub mod routes;
 pub mod tls;
+pub mod tls_stream;
 
 use crate::config::Settings;
 use crate::relay::job::Job;
@@ -15,9 +16,7 @@ use crate::relay::kube::KubeApi;
 use crate::relay::queue::Queue;
 use crate::relay::store::Store;
 use crate::relay::Relay;
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::protocols::ALPN;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -103,30 +102,28 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     ));
     let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
 
-    let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
-    let mut hooks = Service::new("fluxgate hooks".to_string(), connection::HookServer { app });
-    hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
-    let mut tls = match TlsSettings::intermediate("", "") {
-        Ok(t) => t,
+    let tls = match tls::server_config(resolver) {
+        Ok(c) => tokio_rustls::TlsAcceptor::from(c),
         Err(e) => {
             tracing::error!("cannot set up TLS: {e}");
             std::process::exit(1);
         }
     };
-    tls.set_cert_resolver(resolver);
-    tls.set_alpn(ALPN::H1);
-    // No read buffer under TLS: rustls keeps its own, and pingora's default of 64 KiB per
-    // connection nearly doubled the memory of an idle one (measured with 10,000 held open)
-    // to save one read call per request.
+    let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
+    let mut hooks = Service::new(
+        "fluxgate hooks".to_string(),
+        connection::HookServer { app, tls },
+    );
+    hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
+    // TLS is accepted by HookServer (see tls_stream), so pingora listens on plain TCP. No
+    // read buffer under rustls, which keeps its own: pingora's default of 64 KiB nearly
+    // doubled the memory of an idle connection (measured with 10,000 held open) to save one
+    // read call per request.
     let buffers = L4BufferSettings {
         read: Some(0),
         write: None,
     };
-    hooks.add_listener(
-        ListenerConfig::tcp(listen.to_string())
-            .tls(tls)
-            .l4_buffer(buffers),
-    );
+    hooks.add_listener(ListenerConfig::tcp(listen.to_string()).l4_buffer(buffers));
 
     let mut admin = Service::new(
         "fluxgate admin".to_string(),
