@@ -1,0 +1,152 @@
+//! The load generator (loadtest/, `fluxgate-loadtest`) against the real gateway: a couple of
+//! seconds of valid, bad-signature and unknown-path deliveries, each answered as it should be,
+//! and no panic in the gateway's log (checked when the gateway is dropped).
+
+mod common;
+use clap::Parser;
+use common::*;
+use fluxgate_loadtest::{Options, Report};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "loadtest-secret-0123456789abcdef";
+
+fn drive(url: &str, secret_file: &Path, ca: &Path, extra: &[&str]) -> Report {
+    let mut args = vec![
+        "fluxgate-loadtest".to_string(),
+        url.to_string(),
+        "--secret-file".into(),
+        secret_file.display().to_string(),
+        "--ca".into(),
+        ca.display().to_string(),
+        "--mix".into(),
+        "valid=8,badsig=1,unknown=1".into(),
+        "--quiet".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    fluxgate_loadtest::run(&Options::try_parse_from(args).unwrap()).unwrap()
+}
+
+/// Valid → 2xx, bad signature → 401, unknown path → 404, and nothing else.
+fn answered_as_expected(r: &Report) {
+    let table = r.to_table();
+    assert_eq!(r.errors.total, 0, "{table}");
+    assert!(r.kinds["valid"].answered > 0, "{table}");
+    assert!(r.kinds["badsig"].answered > 0, "{table}");
+    assert!(r.kinds["unknown"].answered > 0, "{table}");
+    assert!(
+        r.kinds["valid"].status.keys().all(|s| s.starts_with('2')),
+        "{table}"
+    );
+    assert_eq!(
+        r.kinds["badsig"].status.keys().collect::<Vec<_>>(),
+        ["401"],
+        "{table}"
+    );
+    assert_eq!(
+        r.kinds["unknown"].status.keys().collect::<Vec<_>>(),
+        ["404"],
+        "{table}"
+    );
+}
+
+#[test]
+fn loadtest_against_fluxgate_serve() {
+    let s = Setup::new()
+        .section("[limits]\nper_ip = \"off\"\nper_receiver = \"off\"\nblock_after_failures = 0\nmax_connections_per_ip = 0")
+        .section("[relay]\nwait = \"0s\"");
+    let secret = s.secret("github", SECRET);
+    let r = format!(
+        "name = \"github-receiver\"\nnamespace = \"flux-system\"\ntype = \"github\"\nevents = [\"push\"]\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        secret.display()
+    );
+    let gw = s.receiver(&r).start();
+    let url = gw.url(&hook(SECRET, "github-receiver", "flux-system"));
+    let ca = gw.setup.path("tls.crt");
+    let r = drive(
+        &url,
+        &secret,
+        &ca,
+        &["-c", "8", "-d", "2s", "--sources", "20"],
+    );
+    answered_as_expected(&r);
+    // Every verified delivery reached the relay: the target was patched at least once.
+    assert!(!gw.patches().is_empty());
+}
+
+/// `fluxgate dev --bench`, as loadtest/README.md runs it; killed on drop, its log checked.
+struct DevBench {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for DevBench {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let logs = std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(
+                !logs.contains("panicked at"),
+                "fluxgate dev panicked:\n{logs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn loadtest_against_fluxgate_dev_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, SECRET).unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let log = dir.path().join("dev.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(BIN)
+        .args(["dev", "--bench", "--dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .arg("--token-file")
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut dev = DevBench {
+        child,
+        log: log.clone(),
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = dev.child.try_wait() {
+            panic!(
+                "fluxgate dev exited with {status}: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        if http_get(admin, "/healthz").is_some_and(|(s, _)| s == 200)
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "fluxgate dev did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!(
+        "https://127.0.0.1:{port}{}",
+        hook(SECRET, "github-receiver", "flux-system")
+    );
+    let r = drive(
+        &url,
+        &token,
+        &dir.path().join("tls.crt"),
+        &["-c", "4", "-d", "1s"],
+    );
+    answered_as_expected(&r);
+    // --bench answers 202 as soon as a delivery is queued.
+    assert_eq!(r.kinds["valid"].status.keys().collect::<Vec<_>>(), ["202"]);
+    drop(dev);
+}
