@@ -118,12 +118,27 @@ async fn slot_loop(plan: Arc<Plan>, shared: Arc<Shared>, w: Rc<Local>, slot: usi
                 if intended >= clock.end {
                     break;
                 }
-                if Instant::now() < intended {
-                    tokio::time::sleep_until(intended).await;
-                }
+                pace_until(intended).await;
                 s.one(intended, intended >= clock.warm_end).await;
             }
         }
+    }
+}
+
+/// Waits until `at` to within microseconds. tokio's timer fires on its next millisecond tick,
+/// up to 1 ms late, and in rate mode that lateness would be counted as the server's latency
+/// (it measured 1.2 ms at the median at 100 req/s, against 0.2 ms in a closed loop): sleep to
+/// within a tick, then yield until the moment. The generator's core spins meanwhile, which is
+/// why it gets a core of its own.
+async fn pace_until(at: Instant) {
+    let tick = Duration::from_millis(2);
+    if let Some(coarse) = at.checked_sub(tick) {
+        if Instant::now() < coarse {
+            tokio::time::sleep_until(coarse).await;
+        }
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
     }
 }
 
