@@ -81,5 +81,5 @@ if grep -q '^fluxgate ' "$dir/rates" 2>/dev/null; then
   echo
   awk '{ r[$1" "$2] = $3; seen[$1] = 1; sc[$2] = 1 }
     END { for (k in sc) for (p in seen) if (p != "fluxgate" && r[p" "k] > 0)
-            printf "fluxgate/%-8s %-10s %6.2fx\n", p, k, r["fluxgate "k] / r[p" "k] }' "$dir/rates" | sort -k2,2 -k1,1
+            printf "fluxgate/%-8s %-10s %6.2fx\n", p, k, r["fluxgate "k] / r[p" "k] }' "$dir/rates" | sort -k1,1 -k2,2
 fi
