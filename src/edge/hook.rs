@@ -90,13 +90,9 @@ impl HookApp {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) | Err(_) => return None,
             Ok(Err(e)) => {
-                let a = Answer::text(
-                    400,
-                    "malformed_request",
-                    &format!("malformed request: {}", why(&e)),
-                );
-                return Box::pin(self.finish(s, a, Delivery::default(), Instant::now(), shutdown))
-                    .await;
+                let a = unreadable_head(&e, rt.limits.max_header_bytes);
+                let log = Delivery::default();
+                return Box::pin(self.finish(s, a, log, Instant::now(), shutdown, false)).await;
             }
         }
         let started = Instant::now();
@@ -107,7 +103,7 @@ impl HookApp {
             Some(peer) => Box::pin(self.handle(&rt, &mut s, peer, &mut log)).await,
             None => Answer::text(400, "malformed_request", "no client address"),
         };
-        Box::pin(self.finish(s, answer, log, started, shutdown)).await
+        Box::pin(self.finish(s, answer, log, started, shutdown, true)).await
     }
 
     async fn handle(
@@ -382,11 +378,14 @@ impl HookApp {
         log: Delivery,
         started: Instant,
         shutdown: &ShutdownWatch,
+        head_read: bool,
     ) -> Option<ReusedHttpStream> {
         if *shutdown.borrow() || answer.close {
             s.set_keepalive(None);
         }
-        let body_done = s.is_body_done();
+        // Without a parsed head (a malformed one) there is no body to speak of, and pingora
+        // panics when asked about it.
+        let body_done = !head_read || s.is_body_done();
         if !body_done && declared_length(&s).is_none_or(|n| n > DRAIN_LIMIT) {
             s.set_keepalive(None);
         }
@@ -422,6 +421,9 @@ impl HookApp {
             "delivery"
         );
         written.ok()?;
+        if !head_read {
+            return None;
+        }
         let persist = HttpPersistentSettings::for_session(&s);
         match s.finish().await {
             Ok(reusable) => reusable.map(|r| ReusedHttpStream::from_reusable_stream(r, persist)),
@@ -442,6 +444,41 @@ fn too_large(rt: &Runtime) -> Answer {
         Cause::TooLarge,
         format!("body larger than {} bytes", rt.limits.max_body_bytes),
     ))
+}
+
+/// The answer to a request head pingora could not parse, closing the connection: what follows
+/// cannot be framed. pingora's explanation of a parse error quotes the raw head, which may
+/// hold a token or signature: only httparse's reason is passed on, to the client and the log.
+fn unreadable_head(e: &pingora::Error, max_header_bytes: usize) -> Answer {
+    let context = e.context.as_ref().map_or("", |c| c.as_str());
+    let cause = e.cause.as_ref().map(|c| c.to_string()).unwrap_or_default();
+    let mut a = if context.starts_with("Request header larger than") || cause == "too many headers"
+    {
+        Answer::refused(&Refusal::new(
+            431,
+            Cause::HeadTooLarge,
+            format!("request head larger than {max_header_bytes} bytes or with too many headers"),
+        ))
+    } else if context.starts_with("buf:") {
+        let why = if cause.is_empty() {
+            "unparsable"
+        } else {
+            cause.as_str()
+        };
+        Answer::text(
+            400,
+            "malformed_request",
+            &format!("malformed request head: {why}"),
+        )
+    } else {
+        Answer::text(
+            400,
+            "malformed_request",
+            &format!("malformed request: {}", why(e)),
+        )
+    };
+    a.close = true;
+    a
 }
 
 /// pingora's explanation of a parse error, without its internal chain.
