@@ -324,7 +324,7 @@ impl HookApp {
         let mut unmatched = Vec::new();
         let mut queued = Vec::new();
         let mut failed = Vec::new();
-        for ((_, outcome), target) in delivered.results.iter().zip(&receiver.target_names) {
+        for (outcome, target) in delivered.results.iter().zip(&receiver.target_names) {
             match outcome {
                 Some(Outcome::Patched {
                     patched: p,

@@ -28,7 +28,8 @@ pub struct Patched {
 /// `None` where the job is still queued.
 pub struct Delivered {
     pub requested_at: String,
-    pub results: Vec<(Arc<Target>, Option<Outcome>)>,
+    /// In the order of the targets given to `deliver`.
+    pub results: Vec<Option<Outcome>>,
 }
 
 pub struct Relay {
@@ -56,15 +57,15 @@ impl Relay {
         let waiting = self.queue.submit(targets, generation, wait).await?;
         let mut results = Vec::with_capacity(targets.len());
         if !wait {
-            results.extend(targets.iter().map(|t| (t.clone(), None)));
+            results.resize_with(targets.len(), || None);
         }
         let deadline = tokio::time::Instant::now() + self.wait;
-        for (t, rx) in targets.iter().zip(waiting) {
+        for rx in waiting {
             let outcome = tokio::time::timeout_at(deadline, rx)
                 .await
                 .ok()
                 .and_then(Result::ok);
-            results.push((t.clone(), outcome));
+            results.push(outcome);
         }
         Ok(Delivered {
             requested_at: job::requested_at(generation),
