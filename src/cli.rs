@@ -209,14 +209,31 @@ fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> 
             }
             ReceiverType::Github | ReceiverType::Bitbucket => format!("X-Hub-Signature: {}", mac()),
             ReceiverType::GenericHmac => format!("X-Signature: {}", mac()),
+            ReceiverType::Nexus if algorithm == Algorithm::Sha1 => format!(
+                "X-Nexus-Webhook-Signature: {}",
+                signature::sign(algorithm, secret.expose(), &body)
+            ),
+            ReceiverType::Nexus => {
+                return Err("--type nexus: Nexus signs with HMAC-SHA1 only; pass --algorithm sha1".into())
+            }
             ReceiverType::Gitlab => format!(
                 "X-Gitlab-Token: {}",
                 String::from_utf8_lossy(secret.expose())
             ),
-            ReceiverType::Generic => return Err(
-                "--type generic: a generic receiver has no signature; its path is the credential"
-                    .into(),
+            ReceiverType::Harbor => format!(
+                "Authorization: {}",
+                String::from_utf8_lossy(secret.expose())
             ),
+            ReceiverType::Generic
+            | ReceiverType::Dockerhub
+            | ReceiverType::Quay
+            | ReceiverType::Acr
+            | ReceiverType::Cdevents => return Err(format!(
+                "--type {kind}: this type has no signature; its path is the credential"
+            )),
+            ReceiverType::Gcr | ReceiverType::GenericOidc => return Err(format!(
+                "--type {kind}: this type authenticates with a token signed by its issuer, which fluxgate cannot make"
+            )),
         };
     println!("{header}");
     Ok(())

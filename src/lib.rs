@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod edge;
+pub mod expr;
 pub mod guard;
 pub mod hook_path;
 pub mod metrics;

@@ -79,7 +79,7 @@ fn bad_toml() {
 fn unknown_receiver_type() {
     let s = Setup::new();
     let r = receiver(&s, "r", "githib", "t", APP);
-    fails_with(s.receiver(&r), &["receivers[0].type: unknown receiver type \"githib\"; supported types are generic, generic-hmac, github, gitlab, bitbucket"]);
+    fails_with(s.receiver(&r), &["receivers[0].type: unknown receiver type \"githib\"; supported types are generic, generic-hmac, generic-oidc, github, gitlab, bitbucket, harbor, dockerhub, quay, gcr, nexus, acr, cdevents"]);
 }
 
 #[test]

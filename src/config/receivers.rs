@@ -2,12 +2,15 @@
 
 use super::defences::allow_list;
 use super::{duration_or_off, Problems};
+use crate::expr::{Expr, Scope};
 use crate::guard::allow::AllowList;
 use crate::guard::ranges::RangeSets;
 use crate::hook_path::flux_hook_path;
+use crate::relay::forward::ForwardSpec;
 use crate::relay::target::{check_dns_label, check_dns_subdomain, ResourceSpec, Target};
 use crate::secret::Secret;
-use crate::verify::{ReceiverType, Verifier};
+use crate::verify::oidc::ProviderSpec;
+use crate::verify::{ReceiverType, TypeOptions, Verifier};
 use http::HeaderMap;
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -52,6 +55,16 @@ pub(super) struct RawReceiver {
     delivery_id_header: Option<String>,
     #[serde(default)]
     resources: Vec<ResourceSpec>,
+    /// CEL, ANDed with each resource's `filter`, as Flux's `resourceFilter`.
+    resource_filter: Option<String>,
+    /// gcr: the `email` and `audience` keys of Flux's Secret.
+    email: Option<String>,
+    audience: Option<String>,
+    /// gcr: Google's signing keys, a URL or a file.
+    jwks: Option<String>,
+    #[serde(default)]
+    oidc_providers: Vec<ProviderSpec>,
+    forward: Option<ForwardSpec>,
 }
 
 /// One receiver: where it listens, who may use it, how it verifies, and what it asks Flux to
@@ -70,6 +83,13 @@ pub struct Receiver {
     pub path: String,
     pub verifier: Box<dyn Verifier>,
     pub targets: Vec<Arc<Target>>,
+    /// Per target, in order: `resourceFilter` and the resource's own `filter`, both of which
+    /// must hold for the target to be reconciled.
+    pub filters: Vec<Vec<Expr>>,
+    /// Whether the body is kept after verification: for the verifier's own checks, for
+    /// filters that read `req`, or to forward it.
+    pub keep_body: bool,
+    pub forward: Option<ForwardSpec>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
     /// `None`: every address may deliver.
@@ -148,7 +168,18 @@ pub(super) fn receiver(
         Some(OneOrMany::Many(v)) => v.clone(),
         None => Vec::new(),
     };
-    let secrets = secrets(key, r.secret_file, r.secret_env, p);
+    let uses_secret = kind.is_none_or(|k| k.uses_secret());
+    let secrets = if uses_secret {
+        secrets(key, r.secret_file, r.secret_env, p)
+    } else {
+        if r.secret_file.is_some() || r.secret_env.is_some() {
+            p.add(
+                format!("{key}.secret_file"),
+                "not used by type generic-oidc, which authenticates with oidc_providers (Flux forbids its secretRef)",
+            );
+        }
+        Vec::new()
+    };
     for (j, e) in r.events.iter().enumerate() {
         if e.trim().is_empty() {
             p.add(format!("{key}.events[{j}]"), "empty event name");
@@ -191,7 +222,15 @@ pub(super) fn receiver(
             "none; list the Flux objects to reconcile",
         );
     }
+    let scope = Scope::Filter {
+        claims: kind == Some(ReceiverType::GenericOidc),
+    };
+    let resource_filter = r
+        .resource_filter
+        .as_deref()
+        .and_then(|f| p.take(&format!("{key}.resource_filter"), Expr::compile(f, scope)));
     let mut targets = Vec::new();
+    let mut filters = Vec::new();
     for (j, spec) in r.resources.iter().enumerate() {
         match Target::resolve(spec, &r.namespace) {
             Ok(t) => {
@@ -202,18 +241,52 @@ pub(super) fn receiver(
             }
             Err((field, reason)) => p.add(format!("{key}.resources[{j}].{field}"), reason),
         }
+        let own = spec.filter.as_deref().and_then(|f| {
+            p.take(
+                &format!("{key}.resources[{j}].filter"),
+                Expr::compile(f, scope),
+            )
+        });
+        filters.push(
+            resource_filter
+                .iter()
+                .cloned()
+                .chain(own)
+                .collect::<Vec<_>>(),
+        );
     }
+    let options = TypeOptions {
+        email: r.email,
+        audience: r.audience,
+        jwks: r.jwks,
+        oidc_providers: r.oidc_providers,
+    };
+    let verifier = kind.and_then(|k| match k.verifier(&secrets, &options) {
+        Ok(v) => Some(v),
+        Err(problems) => {
+            for (field, reason) in problems {
+                p.add(format!("{key}.{field}"), reason);
+            }
+            None
+        }
+    });
     if p.0.len() > before {
         return None;
     }
     let kind = kind?;
-    let first = secrets.first()?;
+    let verifier = verifier?;
+    // generic-oidc has no secret: Flux hashes an empty token, so its path is public.
+    let token = secrets.first().map_or(&[][..], |s| s.expose());
+    let filters_read_req = filters.iter().flatten().any(Expr::reads_req);
     Some(Receiver {
         id,
         path: r
             .path
-            .unwrap_or_else(|| flux_hook_path(first.expose(), &r.name, &r.namespace)),
-        verifier: kind.verifier(&secrets),
+            .unwrap_or_else(|| flux_hook_path(token, &r.name, &r.namespace)),
+        keep_body: verifier.completes() || filters_read_req || r.forward.is_some(),
+        verifier,
+        filters,
+        forward: r.forward,
         events: r.events.iter().map(|e| e.to_lowercase()).collect(),
         label: format!("{}/{}", r.namespace, r.name),
         name: r.name,

@@ -12,8 +12,10 @@ use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
+use crate::verify::Evidence;
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde::Serialize;
@@ -58,6 +60,14 @@ struct Summary<'a> {
     unmatched: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<Vec<&'a str>>,
+}
+
+/// A delivery that passed verification: what the filters and forward mode work from.
+struct Verified<'a> {
+    head: &'a RequestHeader,
+    /// Present when the receiver keeps bodies (`Receiver::keep_body`).
+    body: Option<Vec<u8>>,
+    evidence: Evidence,
 }
 
 /// What the log line of one request says.
@@ -207,6 +217,9 @@ impl HookApp {
         }
         let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
         let mut total: u64 = 0;
+        // Kept only when something after verification reads it; otherwise memory per request
+        // does not grow with the body.
+        let mut body = receiver.keep_body.then(Vec::new);
         loop {
             match timeout_at(deadline, s.read_request_body()).await {
                 Err(_) => {
@@ -232,6 +245,9 @@ impl HookApp {
                         return too_large(rt);
                     }
                     check.update(&chunk);
+                    if let Some(b) = body.as_mut() {
+                        b.extend_from_slice(&chunk);
+                    }
                 }
             }
         }
@@ -239,6 +255,26 @@ impl HookApp {
             failed(rt, client);
             return Answer::refused(&r);
         }
+        let req = s.req_header();
+        let evidence = if receiver.verifier.completes() {
+            let body = body.as_deref().unwrap_or_default();
+            match receiver.verifier.complete(&req.headers, body).await {
+                Ok(e) => e,
+                Err(r) => {
+                    if r.status == 401 {
+                        failed(rt, client);
+                    }
+                    return Answer::refused(&r);
+                }
+            }
+        } else {
+            Evidence::default()
+        };
+        let verified = Verified {
+            head: req,
+            body,
+            evidence,
+        };
         if let Some(ev) = event.as_deref() {
             if receiver.verifier.is_ping(ev) {
                 return Answer::json(
@@ -297,7 +333,7 @@ impl HookApp {
             }
             _ => None,
         };
-        let answer = self.relay_to(&receiver, log).await;
+        let answer = self.relay_to(&receiver, &verified, log).await;
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
             if let Some(id) = claimed {
@@ -309,7 +345,12 @@ impl HookApp {
 
     /// 200 when every target was patched within `relay.wait`, 502 when the API refused one
     /// for good, 202 when some are still queued (safely, when the queue is durable).
-    async fn relay_to(&self, receiver: &Receiver, log: &mut Delivery) -> Answer {
+    async fn relay_to(
+        &self,
+        receiver: &Receiver,
+        _verified: &Verified<'_>,
+        log: &mut Delivery,
+    ) -> Answer {
         let delivered = match self.relay.deliver(&receiver.targets).await {
             Ok(d) => d,
             Err(e) => {

@@ -1,6 +1,7 @@
 //! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
 //! durable queue until the Kubernetes API has accepted them.
 
+pub mod forward;
 pub mod job;
 pub mod kube;
 pub mod queue;

@@ -86,6 +86,9 @@ pub struct ResourceSpec {
     pub api_version: Option<String>,
     #[serde(default, rename = "matchLabels")]
     pub match_labels: BTreeMap<String, String>,
+    /// CEL: whether a matched object is reconciled, ANDed with the receiver's filter.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 /// A problem with one field of a resource entry: the field's name and what is wrong.

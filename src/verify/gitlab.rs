@@ -1,11 +1,10 @@
 //! `gitlab`: the secret itself in `X-Gitlab-Token`. Flux compares it with `!=`; here it is
 //! compared in constant time.
 
-use super::{single_header, BodyCheck, Verifier};
+use super::{check_token, BodyCheck, Verifier};
 use crate::refusal::Refusal;
 use crate::secret::Secret;
 use http::HeaderMap;
-use subtle::{Choice, ConstantTimeEq};
 
 const TOKEN_HEADER: &str = "X-Gitlab-Token";
 
@@ -24,19 +23,8 @@ impl Gitlab {
 
 impl Verifier for Gitlab {
     fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal> {
-        let token = match single_header(head, TOKEN_HEADER)? {
-            Some(t) if !t.is_empty() => t,
-            _ => return Err(Refusal::unauthorized("missing token (X-Gitlab-Token)")),
-        };
-        let ok = self
-            .secrets
-            .iter()
-            .fold(Choice::from(0), |acc, s| acc | s.expose().ct_eq(token));
-        if bool::from(ok) {
-            Ok(BodyCheck::Nothing)
-        } else {
-            Err(Refusal::unauthorized("token mismatch (X-Gitlab-Token)"))
-        }
+        check_token(&self.secrets, head, TOKEN_HEADER)?;
+        Ok(BodyCheck::Nothing)
     }
 
     fn delivery_id_headers(&self) -> &'static [&'static str] {

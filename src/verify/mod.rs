@@ -2,28 +2,59 @@
 //!
 //! Verification is split in two so the body never has to be held in memory: [`Verifier::begin`]
 //! refuses what the request head alone shows is wrong, and returns the [`BodyCheck`] that the
-//! body is streamed through as it arrives.
+//! body is streamed through as it arrives. Types that must see the whole body (a JSON shape)
+//! or reach the network (a token issuer's keys) finish in [`Verifier::complete`].
 
+mod acr;
 mod bitbucket;
+mod cdevents;
+mod dockerhub;
+pub mod gcr;
 mod generic;
 mod generic_hmac;
 mod github;
 mod gitlab;
+mod harbor;
 mod hub;
+pub mod jwks;
+mod nexus;
+pub mod oidc;
+mod quay;
 pub mod signature;
 
 use crate::refusal::Refusal;
 use crate::secret::Secret;
+use async_trait::async_trait;
 use http::HeaderMap;
 use std::fmt;
 use std::str::FromStr;
 
 pub use signature::{Algorithm, HmacCheck, Keys};
 
+/// What verification learnt that the filters may use.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Evidence {
+    /// What CEL sees as `req` in place of the body (gcr: the unwrapped Pub/Sub message).
+    pub req: Option<serde_json::Value>,
+    /// The verified token's claims (generic-oidc), CEL's `claims`.
+    pub claims: Option<serde_json::Value>,
+}
+
 /// Checks one kind of delivery, the way Flux's receiver of the same type does.
+#[async_trait]
 pub trait Verifier: Send + Sync + fmt::Debug {
     /// Checks the request head and says what the body still has to prove.
     fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal>;
+
+    /// Whether [`Verifier::complete`] has work to do, so the body must be kept for it.
+    fn completes(&self) -> bool {
+        false
+    }
+
+    /// The checks that need the whole body, or the network, after `begin` and the HMAC passed.
+    async fn complete(&self, _head: &HeaderMap, _body: &[u8]) -> Result<Evidence, Refusal> {
+        Ok(Evidence::default())
+    }
 
     /// The header that names the event, for types that filter on it.
     fn event_header(&self) -> Option<&'static str> {
@@ -75,27 +106,67 @@ impl BodyCheck {
 pub enum ReceiverType {
     Generic,
     GenericHmac,
+    GenericOidc,
     Github,
     Gitlab,
     Bitbucket,
+    Harbor,
+    Dockerhub,
+    Quay,
+    Gcr,
+    Nexus,
+    Acr,
+    Cdevents,
 }
 
+/// What some types need besides the secrets, from the receiver's configuration.
+#[derive(Debug, Default)]
+pub struct TypeOptions {
+    /// gcr: the keys of the Flux Secret besides `token`.
+    pub email: Option<String>,
+    pub audience: Option<String>,
+    /// gcr: where Google's signing keys are read from (a URL or a file).
+    pub jwks: Option<String>,
+    /// generic-oidc: the issuers it trusts.
+    pub oidc_providers: Vec<oidc::ProviderSpec>,
+}
+
+/// A problem with one key of a type's options: the key under the receiver, and the reason.
+pub type OptionError = (String, String);
+
 impl ReceiverType {
-    pub const ALL: [ReceiverType; 5] = [
+    /// In the order of Flux's enum.
+    pub const ALL: [ReceiverType; 13] = [
         ReceiverType::Generic,
         ReceiverType::GenericHmac,
+        ReceiverType::GenericOidc,
         ReceiverType::Github,
         ReceiverType::Gitlab,
         ReceiverType::Bitbucket,
+        ReceiverType::Harbor,
+        ReceiverType::Dockerhub,
+        ReceiverType::Quay,
+        ReceiverType::Gcr,
+        ReceiverType::Nexus,
+        ReceiverType::Acr,
+        ReceiverType::Cdevents,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ReceiverType::Generic => "generic",
             ReceiverType::GenericHmac => "generic-hmac",
+            ReceiverType::GenericOidc => "generic-oidc",
             ReceiverType::Github => "github",
             ReceiverType::Gitlab => "gitlab",
             ReceiverType::Bitbucket => "bitbucket",
+            ReceiverType::Harbor => "harbor",
+            ReceiverType::Dockerhub => "dockerhub",
+            ReceiverType::Quay => "quay",
+            ReceiverType::Gcr => "gcr",
+            ReceiverType::Nexus => "nexus",
+            ReceiverType::Acr => "acr",
+            ReceiverType::Cdevents => "cdevents",
         }
     }
 
@@ -103,19 +174,40 @@ impl ReceiverType {
     pub fn uses_events(self) -> bool {
         matches!(
             self,
-            ReceiverType::Github | ReceiverType::Gitlab | ReceiverType::Bitbucket
+            ReceiverType::Github
+                | ReceiverType::Gitlab
+                | ReceiverType::Bitbucket
+                | ReceiverType::Cdevents
         )
     }
 
+    /// Whether the type authenticates with a secret token (all but generic-oidc, where Flux
+    /// forbids a secretRef).
+    pub fn uses_secret(self) -> bool {
+        self != ReceiverType::GenericOidc
+    }
+
     /// Builds the verifier for this type with the receiver's secrets; any one of them verifies.
-    pub fn verifier(self, secrets: &[Secret]) -> Box<dyn Verifier> {
-        match self {
+    pub fn verifier(
+        self,
+        secrets: &[Secret],
+        options: &TypeOptions,
+    ) -> Result<Box<dyn Verifier>, Vec<OptionError>> {
+        Ok(match self {
             ReceiverType::Generic => Box::new(generic::Generic),
             ReceiverType::GenericHmac => Box::new(generic_hmac::GenericHmac::new(secrets)),
+            ReceiverType::GenericOidc => Box::new(oidc::GenericOidc::new(options)?),
             ReceiverType::Github => Box::new(github::Github::new(secrets)),
             ReceiverType::Gitlab => Box::new(gitlab::Gitlab::new(secrets)),
             ReceiverType::Bitbucket => Box::new(bitbucket::Bitbucket::new(secrets)),
-        }
+            ReceiverType::Harbor => Box::new(harbor::Harbor::new(secrets)),
+            ReceiverType::Dockerhub => Box::new(dockerhub::Dockerhub),
+            ReceiverType::Quay => Box::new(quay::Quay),
+            ReceiverType::Gcr => Box::new(gcr::Gcr::new(options)?),
+            ReceiverType::Nexus => Box::new(nexus::Nexus::new(secrets)),
+            ReceiverType::Acr => Box::new(acr::Acr),
+            ReceiverType::Cdevents => Box::new(cdevents::Cdevents),
+        })
     }
 }
 
@@ -153,6 +245,23 @@ fn single_header<'h>(head: &'h HeaderMap, name: &'static str) -> Result<Option<&
         )));
     }
     Ok(first.map(|v| v.as_bytes()))
+}
+
+/// A shared secret sent as it is in one header (gitlab, harbor): it must equal one of the
+/// secrets, compared in constant time where Flux uses `!=`.
+fn check_token(secrets: &[Secret], head: &HeaderMap, name: &'static str) -> Result<(), Refusal> {
+    let token = match single_header(head, name)? {
+        Some(t) if !t.is_empty() => t,
+        _ => return Err(Refusal::unauthorized(format!("missing token ({name})"))),
+    };
+    let ok = secrets.iter().fold(subtle::Choice::from(0), |acc, s| {
+        acc | subtle::ConstantTimeEq::ct_eq(s.expose(), token)
+    });
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(Refusal::unauthorized(format!("token mismatch ({name})")))
+    }
 }
 
 #[cfg(test)]

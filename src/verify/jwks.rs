@@ -1,0 +1,1 @@
+//! Signing keys of token issuers: STUB, being written.
