@@ -216,10 +216,25 @@ pub(super) fn receiver(
             );
         }
     }
-    if r.resources.is_empty() {
+    if let Some(f) = &r.forward {
+        for (field, reason) in f.problems() {
+            p.add(format!("{key}.forward.{field}"), reason);
+        }
+        if let Some(k) = kind.filter(|k| k.authenticates_with_authorization()) {
+            p.add(
+                format!("{key}.forward"),
+                format!("type {k} cannot be forwarded: it authenticates with the Authorization header, which the API server's service proxy does not pass on"),
+            );
+        }
+        if !r.resources.is_empty() || r.resource_filter.is_some() {
+            warnings.push(format!(
+                "{key}.resources: ignored in forward mode; the Flux Receiver in the cluster decides what to reconcile"
+            ));
+        }
+    } else if r.resources.is_empty() {
         p.add(
             format!("{key}.resources"),
-            "none; list the Flux objects to reconcile",
+            "none; list the Flux objects to reconcile, or forward deliveries to Flux (forward = {})",
         );
     }
     let scope = Scope::Filter {

@@ -10,6 +10,7 @@ use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::Claim;
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
 use crate::verify::Evidence;
@@ -60,6 +61,9 @@ struct Summary<'a> {
     unmatched: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queued: Option<Vec<&'a str>>,
+    /// Forward mode: the status Flux's own receiver answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarded: Option<u16>,
 }
 
 /// A delivery that passed verification: what the filters and forward mode work from.
@@ -333,7 +337,13 @@ impl HookApp {
             }
             _ => None,
         };
-        let answer = self.relay_to(&receiver, &verified, log).await;
+        let answer = match &receiver.forward {
+            Some(spec) => {
+                self.forward_to(&receiver, spec, verified, client, log)
+                    .await
+            }
+            None => self.relay_to(&receiver, &verified, log).await,
+        };
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
             if let Some(id) = claimed {
@@ -408,6 +418,68 @@ impl HookApp {
             ..Summary::default()
         };
         Answer::json(status, outcome, &summary)
+    }
+
+    /// Forward mode: Flux's own receiver answers, through the API server's service proxy. Its
+    /// 200 is passed on; anything else means the delivery did not take effect, so the answer
+    /// is an error the provider retries or shows.
+    async fn forward_to(
+        &self,
+        receiver: &Receiver,
+        spec: &ForwardSpec,
+        verified: Verified<'_>,
+        client: IpAddr,
+        log: &Delivery,
+    ) -> Answer {
+        let body = verified.body.unwrap_or_default();
+        let head = &verified.head.headers;
+        let refused = |status: u16, why: String| {
+            Answer::text(
+                status,
+                "forward_refused",
+                &format!("Flux's receiver did not take the delivery: {why}"),
+            )
+        };
+        match forward(self.relay.api(), spec, &receiver.path, head, body, client).await {
+            Ok(200) => Answer::json(
+                200,
+                "forwarded",
+                &Summary {
+                    receiver: &receiver.label,
+                    event: log.event.as_deref(),
+                    relayed: true,
+                    forwarded: Some(200),
+                    ..Summary::default()
+                },
+            ),
+            Ok(404) => refused(
+                502,
+                "no Receiver at this path (404); its token, name and namespace must match this receiver's".into(),
+            ),
+            Ok(503) => refused(
+                503,
+                "the Receiver is suspended or not ready (503)".into(),
+            ),
+            Ok(400) => refused(
+                502,
+                "it refused the delivery (400); its Secret or type differs from this receiver's".into(),
+            ),
+            Ok(500) => refused(
+                502,
+                "it could not request a reconcile of every resource (500)".into(),
+            ),
+            Ok(other) => refused(502, format!("it answered {other}")),
+            Err(e) if e.is_permanent() => Answer::text(
+                502,
+                "forward_refused",
+                &format!("the Kubernetes API refused to forward the delivery: {e}"),
+            ),
+            Err(e) => Answer::text(
+                503,
+                "forward_failed",
+                &format!("cannot reach Flux's receiver through the Kubernetes API: {e}"),
+            ),
+        }
     }
 
     /// Writes the answer, logs and counts the request, and decides whether the connection

@@ -78,6 +78,27 @@ impl ApiError {
         }
     }
 
+    /// The API server's own refusal in a response body, when it is one: a `Status` object with
+    /// `status: Failure`. Anything else came from behind the API server (the service proxy).
+    pub fn from_status_body(http_status: u16, body: &[u8]) -> Option<ApiError> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if v["kind"] != "Status" || v["status"] != "Failure" {
+            return None;
+        }
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Some(ApiError::Refused {
+            code: v["code"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(http_status),
+            reason: text("reason"),
+            message: one_line(&text("message")),
+            retry_after: v["details"]["retryAfterSeconds"]
+                .as_u64()
+                .filter(|n| *n > 0),
+        })
+    }
+
     pub fn code(&self) -> Option<u16> {
         match self {
             ApiError::Refused { code, .. } => Some(*code),
@@ -208,6 +229,19 @@ impl KubeApi {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(())
+    }
+
+    /// A raw request with the service account's credentials, answered with the status and
+    /// body whatever they are: for the service proxy, where the answer is the backend's.
+    pub async fn send(&self, req: http::Request<Vec<u8>>) -> Result<(u16, bytes::Bytes), ApiError> {
+        let res = self
+            .client()
+            .await?
+            .send(req.map(kube::client::Body::from))
+            .await?;
+        let status = res.status().as_u16();
+        let body = res.into_body().collect_bytes().await?;
+        Ok((status, body))
     }
 
     pub async fn list_names(

@@ -187,6 +187,15 @@ impl ReceiverType {
         self != ReceiverType::GenericOidc
     }
 
+    /// Whether the credential travels in `Authorization` (which no proxy in front of Flux can
+    /// pass through the API server).
+    pub fn authenticates_with_authorization(self) -> bool {
+        matches!(
+            self,
+            ReceiverType::Harbor | ReceiverType::Gcr | ReceiverType::GenericOidc
+        )
+    }
+
     /// Builds the verifier for this type with the receiver's secrets; any one of them verifies.
     pub fn verifier(
         self,

@@ -52,6 +52,8 @@ pub(crate) enum ReplyBody {
     Full(Vec<u8>),
     /// A streaming body (watch).
     Stream(ResponseBody),
+    /// To be answered by a service's backend (the service proxy).
+    Proxy(Box<crate::proxy::Forward>),
 }
 
 pub(crate) struct Reply {
@@ -136,6 +138,9 @@ pub(crate) fn dispatch(state: &State, req: &Request) -> Reply {
             ("", "")
         };
         return Reply::error(ApiError::forbidden(group, resource, &info.name, &reason));
+    }
+    if info.api_prefix == "api" && info.resource == "services" && info.subresource == "proxy" {
+        return crate::proxy::route(state, req, &info);
     }
     if !info.is_resource_request {
         let address = lock(&state.server_address).clone();

@@ -39,6 +39,7 @@ mod negotiate;
 mod objects;
 mod patch;
 mod protobuf;
+mod proxy;
 mod rbac;
 mod requestinfo;
 mod resources;
@@ -79,6 +80,7 @@ pub struct Config {
     users: Vec<(String, String)>,
     rules: Vec<(String, Rule)>,
     objects: Vec<Value>,
+    services: Vec<proxy::ServicePort>,
 }
 
 impl Config {
@@ -111,6 +113,27 @@ impl Config {
     /// `InvalidInput`.
     pub fn object(mut self, obj: Value) -> Self {
         self.objects.push(obj);
+        self
+    }
+
+    /// Registers port `port` (named `port_name`, if given) of Service `namespace/name`, served
+    /// by the plain HTTP server at `backend`, for the service proxy
+    /// (`/api/v1/namespaces/NS/services/NAME:PORT/proxy/...`).
+    pub fn service(
+        mut self,
+        namespace: &str,
+        name: &str,
+        port_name: Option<&str>,
+        port: u16,
+        backend: SocketAddr,
+    ) -> Self {
+        self.services.push(proxy::ServicePort {
+            namespace: namespace.into(),
+            service: name.into(),
+            name: port_name.map(str::to_string),
+            port,
+            backend,
+        });
         self
     }
 }
@@ -291,6 +314,7 @@ impl StandIn {
             failures: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
             server_address: Mutex::new(std_listener_addr.to_string()),
+            services: Mutex::new(cfg.services),
         });
         let server = server::Server::start(addr, state.clone(), pki.server_config)?;
         *lock(&state.server_address) = server.addr().to_string();

@@ -286,6 +286,10 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Resp
         }
     };
 
+    let reply = match reply.body {
+        ReplyBody::Proxy(forward) => crate::proxy::send(*forward).await,
+        _ => reply,
+    };
     lock(&state.requests).push(Recorded {
         method: method.clone(),
         path: raw_path,
@@ -302,10 +306,14 @@ fn into_response(reply: Reply, head: bool) -> hyper::Response<ResponseBody> {
         ReplyBody::Full(_) if head => Full::new(Bytes::new()).boxed(),
         ReplyBody::Full(b) => Full::new(Bytes::from(b)).boxed(),
         ReplyBody::Stream(s) => s,
+        // Sent to the backend before this point.
+        ReplyBody::Proxy(_) => Full::new(Bytes::new()).boxed(),
     };
-    let mut builder = hyper::Response::builder()
-        .status(reply.status)
-        .header("content-type", reply.content_type)
+    let mut builder = hyper::Response::builder().status(reply.status);
+    if !reply.content_type.is_empty() {
+        builder = builder.header("content-type", reply.content_type);
+    }
+    builder = builder
         .header("cache-control", "no-cache, private")
         .header("audit-id", crate::objects::new_uid());
     for (k, v) in &reply.headers {

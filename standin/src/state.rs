@@ -34,6 +34,8 @@ pub(crate) struct State {
     pub latency: Mutex<Duration>,
     /// `host:port` advertised in `/api`.
     pub server_address: Mutex<String>,
+    /// Ports of Services the service proxy can reach.
+    pub services: Mutex<Vec<crate::proxy::ServicePort>>,
 }
 
 impl State {

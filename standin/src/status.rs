@@ -312,6 +312,11 @@ impl ApiError {
         ApiError::new(410, "Expired", message)
     }
 
+    /// `errors.NewServiceUnavailable`, as the service proxy reports a backend it cannot reach.
+    pub fn service_unavailable(message: &str) -> Self {
+        ApiError::new(503, "ServiceUnavailable", message)
+    }
+
     pub fn entity_too_large(message: &str) -> Self {
         ApiError::new(
             413,
