@@ -45,6 +45,19 @@ impl Secret {
     }
 }
 
+/// A warning when a file holding a secret (a token, a private key, a kubeconfig) may be read
+/// by anyone but its owner: the gateway's own account is the only one that needs it.
+pub fn loose_permissions(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} is readable by others than its owner (mode {mode:04o}); chmod 600 it, or set defaultMode: 0400 on a Kubernetes secret volume",
+            path.display()
+        )
+    })
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -73,6 +86,20 @@ mod tests {
             .unwrap_err()
             .starts_with("cannot read"));
         assert!(Secret::from_env("FLUXGATE_TEST_SURELY_UNSET").is_err());
+    }
+
+    #[test]
+    fn files_others_may_read_draw_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "t").unwrap();
+        for (mode, warned) in [(0o600, false), (0o400, false), (0o640, true), (0o644, true)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let w = loose_permissions(&p);
+            assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
+        }
+        assert!(loose_permissions(&p).unwrap().contains("mode 0644"));
     }
 
     #[test]

@@ -213,3 +213,31 @@ fn hook_path_prints_the_flux_test_vector() {
         "/hook/106120121d366c2f67e93200f6c1dbe938235eb588daa5e8c0516d3a77ac1dee\n"
     );
 }
+
+#[test]
+fn secret_files_others_may_read_draw_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "t", APP);
+    let loose = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
+    };
+    loose(&s.path("r.secret"));
+    loose(&s.path("tls.key"));
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    loose(&s.path("kubeconfig"));
+    let cfg = s.write_config(8443, 9102);
+    let (ok, out) = check(&cfg, &[]);
+    assert!(ok, "a warning, not a problem: {out}");
+    for key in [
+        "receivers[0].secret_file",
+        "server.tls_key",
+        "kubernetes.kubeconfig",
+    ] {
+        assert!(
+            out.contains(&format!("warning: {key}: ")) && out.contains("mode 0644"),
+            "{key}: {out}"
+        );
+    }
+}

@@ -325,6 +325,11 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         "the PEM private key of server.tls_cert",
         &mut p,
     );
+    for (key, file) in [("server.tls_key", &tls_key)] {
+        if let Some(w) = file.as_deref().and_then(crate::secret::loose_permissions) {
+            warnings.push(format!("{key}: {w}"));
+        }
+    }
     let certified_key = match (&tls_cert, &tls_key) {
         (Some(c), Some(k)) => crate::edge::tls::load_certified_key(c, k)
             .map_err(|(which, e)| p.add(format!("server.{which}"), e))
@@ -368,6 +373,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         "the service account's kubeconfig (see deploy/)",
         &mut p,
     );
+    if let Some(w) = kubeconfig
+        .as_deref()
+        .and_then(crate::secret::loose_permissions)
+    {
+        warnings.push(format!("kubernetes.kubeconfig: {w}"));
+    }
     let kube_timeout = duration(
         "kubernetes.timeout",
         k.timeout.as_deref(),

@@ -170,6 +170,16 @@ pub(super) fn receiver(
     };
     let uses_secret = kind.is_none_or(|k| k.uses_secret());
     let secrets = if uses_secret {
+        for (i, f) in secret_files.iter().enumerate() {
+            if let Some(w) = crate::secret::loose_permissions(f) {
+                let k = if secret_files.len() > 1 {
+                    format!("{key}.secret_file[{i}]")
+                } else {
+                    format!("{key}.secret_file")
+                };
+                warnings.push(format!("{k}: {w}"));
+            }
+        }
         secrets(key, r.secret_file, r.secret_env, p)
     } else {
         if r.secret_file.is_some() || r.secret_env.is_some() {

@@ -349,7 +349,10 @@ impl StandIn {
 
     /// Writes [`kubeconfig`](Self::kubeconfig) to `path`.
     pub fn write_kubeconfig(&self, path: &std::path::Path, token: &str) -> std::io::Result<()> {
-        std::fs::write(path, self.kubeconfig(token))
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, self.kubeconfig(token))?;
+        // It holds a bearer token: owner-only, as kubectl writes its own.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
     }
 
     /// Every request received so far, in the order answered, including

@@ -23,6 +23,12 @@ pub fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Secrets are written as an operator should keep them, or fluxgate warns about every one.
+pub fn owner_only(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -90,6 +96,7 @@ impl Setup {
             .unwrap();
         std::fs::write(dir.path().join("tls.crt"), cert.cert.pem()).unwrap();
         std::fs::write(dir.path().join("tls.key"), cert.key_pair.serialize_pem()).unwrap();
+        owner_only(&dir.path().join("tls.key"));
         Setup {
             dir,
             server_extra: String::new(),
@@ -107,6 +114,7 @@ impl Setup {
     pub fn secret(&self, name: &str, value: &str) -> PathBuf {
         let p = self.path(&format!("{name}.secret"));
         std::fs::write(&p, value).unwrap();
+        owner_only(&p);
         p
     }
 
@@ -157,6 +165,7 @@ impl Setup {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n",
         )
         .unwrap();
+        owner_only(&self.path("kubeconfig"));
     }
 
     /// Starts a stand-in API with the default objects and RBAC, then the gateway.
