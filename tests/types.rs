@@ -1,5 +1,5 @@
-//! The receiver types checked by header token or body: harbor, dockerhub, quay and acr, end
-//! to end over real TLS against the real binary and the stand-in API. A valid
+//! The receiver types checked by header token or body: harbor, nexus, dockerhub, quay and acr,
+//! end to end over real TLS against the real binary and the stand-in API. A valid
 //! delivery annotates the GitRepository; each kind of invalid one is refused with its status
 //! and reason and reaches no API.
 
@@ -112,6 +112,108 @@ async fn harbor_token_is_the_whole_authorization_header() {
         "more than one Authorization header",
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nexus_bare_hex_hmac_sha1_then_the_payload() {
+    const TOKEN: &str = "nexus-token";
+    let s = Setup::new();
+    let token_file = s.secret("nexus", TOKEN);
+    let r = receiver(&s, "nexus", "nexus", TOKEN, "");
+    let gw = s.receiver(&r).start();
+    let path = hook(TOKEN, "nexus", "flux-system");
+    let body = fixture("nexus/component-created.json");
+    let good = fluxgate::verify::signature::sign(
+        fluxgate::verify::Algorithm::Sha1,
+        TOKEN.as_bytes(),
+        &body,
+    );
+    const SIG: &str = "X-Nexus-Webhook-Signature";
+
+    relayed(&gw, &path, &[(SIG, &good)], body.clone()).await;
+
+    // `fluxgate sign` prints the header Nexus would send.
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "sign",
+            "--type",
+            "nexus",
+            "--algorithm",
+            "sha1",
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let other = fixture("nexus/asset-updated.json");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &other).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let (name, value) = line.trim().split_once(": ").unwrap();
+    assert_eq!(name, SIG);
+    relayed(&gw, &path, &[(name, value)], other).await;
+
+    // The same delivery id again is a redelivery: answered, not relayed twice.
+    let id = (
+        "X-Nexus-Webhook-Delivery",
+        "7f4a6dde-5c68-4999-bcc0-a62f3fb8ae48",
+    );
+    relayed(&gw, &path, &[(SIG, &good), id], body.clone()).await;
+    let (status, text) = gw.post(&path, &[(SIG, &good), id], body.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["duplicate"],
+        true
+    );
+
+    let malformed = "malformed signature in X-Nexus-Webhook-Signature: expected 40 lower-case hex digits of an HMAC-SHA1, with no prefix";
+    let wrong = fluxgate::verify::signature::sign(
+        fluxgate::verify::Algorithm::Sha1,
+        b"another-token",
+        &body,
+    );
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (vec![], "missing signature (X-Nexus-Webhook-Signature)"),
+        (vec![(SIG, good.to_uppercase())], malformed),
+        (vec![(SIG, format!("sha1={good}"))], malformed),
+        (
+            vec![(SIG, wrong)],
+            "signature mismatch (X-Nexus-Webhook-Signature, sha1)",
+        ),
+        (
+            vec![(SIG, good.clone()), (SIG, good.clone())],
+            "more than one X-Nexus-Webhook-Signature header",
+        ),
+    ];
+    for (headers, reason) in cases {
+        refused(&gw, &path, &refs(&headers), body.clone(), 401, reason).await;
+    }
+    // Signed right, but not the payload Flux decodes.
+    for (bad, reason) in [
+        (&b""[..], "nexus payload is empty: expected a JSON object"),
+        (
+            b"repositoryName=maven-releases",
+            "nexus payload is not JSON: expected value at line 1 column 1",
+        ),
+        (
+            br#"{"action":"CREATED","repositoryName":42}"#,
+            "nexus payload: repositoryName must be a string, not a number at line 1 column 39",
+        ),
+        (
+            br#"{"action":"CREATED"}{"action":"DELETED"}"#,
+            "nexus payload has data after its JSON value (line 1, column 21)",
+        ),
+    ] {
+        let sig = fluxgate::verify::signature::sign(
+            fluxgate::verify::Algorithm::Sha1,
+            TOKEN.as_bytes(),
+            bad,
+        );
+        refused(&gw, &path, &[(SIG, &sig)], bad.to_vec(), 400, reason).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
