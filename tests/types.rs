@@ -1,11 +1,11 @@
-//! The receiver types checked by header token or body: harbor, nexus, dockerhub, quay and acr,
-//! end to end over real TLS against the real binary and the stand-in API. A valid
+//! The receiver types checked by header token or body: harbor, nexus, dockerhub, quay, acr and
+//! cdevents, end to end over real TLS against the real binary and the stand-in API. A valid
 //! delivery annotates the GitRepository; each kind of invalid one is refused with its status
 //! and reason and reaches no API.
 
 mod common;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const GIT: (&str, &str, &str, &str) = (
     "source.toolkit.fluxcd.io/v1",
@@ -286,5 +286,143 @@ async fn dockerhub_quay_and_acr_check_the_body_shape_only() {
         ),
     ] {
         refused(&gw, path, &[json], body.to_string(), 400, reason).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cdevents_validate_the_event_and_filter_on_ce_type() {
+    let s = Setup::new();
+    let any = receiver(&s, "cde", "cdevents", "cde-token", "");
+    let filtered = receiver(
+        &s,
+        "cde-merged",
+        "cdevents",
+        "cde-token",
+        "events = [\"dev.cdevents.change.merged.0.2.0\", \"dev.cdevents.artifact.published.0.2.0\"]",
+    );
+    let gw = s.receiver(&any).receiver(&filtered).start();
+    let any_path = hook("cde-token", "cde", "flux-system");
+    let path = hook("cde-token", "cde-merged", "flux-system");
+    let merged = fixture("cdevents/change-merged-0.4.1.json");
+    let ce = |ty: &'static str| ("Ce-Type", ty);
+
+    // Any valid event, with or without a Ce-Type, when the receiver lists no events.
+    for name in [
+        "change-merged-0.4.1.json",
+        "artifact-published-0.4.1.json",
+        "pipelinerun-finished-0.3.0.json",
+        "service-deployed-0.5.0.json",
+    ] {
+        let summary = relayed(
+            &gw,
+            &any_path,
+            &[ce("dev.cdevents.service.deployed.0.3.0")],
+            fixture(&format!("cdevents/{name}")),
+        )
+        .await;
+        assert_eq!(summary["event"], "dev.cdevents.service.deployed.0.3.0");
+    }
+    relayed(&gw, &any_path, &[], merged.clone()).await;
+
+    // Listed events match Ce-Type case-insensitively; Ce-Type is not compared with the body.
+    relayed(
+        &gw,
+        &path,
+        &[ce("dev.cdevents.change.merged.0.2.0")],
+        merged.clone(),
+    )
+    .await;
+    relayed(
+        &gw,
+        &path,
+        &[ce("DEV.CDEVENTS.Change.Merged.0.2.0")],
+        merged.clone(),
+    )
+    .await;
+    relayed(
+        &gw,
+        &path,
+        &[ce("dev.cdevents.artifact.published.0.2.0")],
+        merged.clone(),
+    )
+    .await;
+    refused(
+        &gw,
+        &path,
+        &[ce("dev.cdevents.service.deployed.0.3.0")],
+        merged.clone(),
+        400,
+        "event \"dev.cdevents.service.deployed.0.3.0\" is not accepted by this receiver",
+    )
+    .await;
+    refused(&gw, &path, &[], merged.clone(), 400, "missing event header").await;
+
+    // A redelivery (same Ce-Id) is answered without a second relay.
+    let id = ("Ce-Id", "b9a8c7d6-5e4f-4a3b-8c2d-1e0f9a8b7c6d");
+    relayed(&gw, &any_path, &[id], merged.clone()).await;
+    let (status, text) = gw.post(&any_path, &[id], merged.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["duplicate"],
+        true
+    );
+
+    // The body is validated before the event filter, as in Flux.
+    let mut extra_field: Value = serde_json::from_slice(&merged).unwrap();
+    extra_field["context"]["gitRevision"] = json!("5555");
+    let mut unknown_type: Value = serde_json::from_slice(&merged).unwrap();
+    unknown_type["context"]["type"] = json!("dev.cdevents.change.merged.7.0.0");
+    let mut future_spec: Value =
+        serde_json::from_slice(&fixture("cdevents/service-deployed-0.5.0.json")).unwrap();
+    future_spec["context"]["specversion"] = json!("0.6.0");
+    let prefix = "cdevents payload is not a valid CDEvent: ";
+    for (body, reason) in [
+        (
+            String::new(),
+            "cdevents payload is empty: expected a JSON object".to_string(),
+        ),
+        (
+            "not json".into(),
+            "cdevents payload is not JSON: expected ident at line 1 column 2".into(),
+        ),
+        (
+            "null".into(),
+            format!("{prefix}the body must be a JSON object"),
+        ),
+        (
+            json!({"context": {}}).to_string(),
+            format!(
+                "{prefix}context has no spec version (`version` up to 0.4, `specversion` from 0.5)"
+            ),
+        ),
+        (
+            json!({"context": serde_json::from_slice::<Value>(&merged).unwrap()["context"]})
+                .to_string(),
+            format!("{prefix}missing field `subject`"),
+        ),
+        (
+            extra_field.to_string(),
+            format!("{prefix}a field is not defined by the CDEvents schema"),
+        ),
+        (
+            unknown_type.to_string(),
+            format!("{prefix}context.type is not an event type of CDEvents spec 0.3, 0.4 or 0.5"),
+        ),
+        (
+            future_spec.to_string(),
+            format!("{prefix}its CDEvents spec version is not one fluxgate reads (0.3, 0.4, 0.5)"),
+        ),
+    ] {
+        for p in [&any_path, &path] {
+            refused(
+                &gw,
+                p,
+                &[ce("dev.cdevents.service.deployed.0.3.0")],
+                body.clone(),
+                400,
+                &reason,
+            )
+            .await;
+        }
     }
 }
