@@ -19,6 +19,7 @@ mod hub;
 pub mod jwks;
 mod nexus;
 pub mod oidc;
+mod payload;
 mod quay;
 pub mod signature;
 

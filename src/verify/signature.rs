@@ -1,4 +1,4 @@
-//! `<algorithm>=<hex>` signatures and the HMACs that check them.
+//! HMAC signatures of the body, `<algorithm>=<hex>` or bare hex, and the HMACs that check them.
 
 use super::single_header;
 use crate::refusal::Refusal;
@@ -92,6 +92,30 @@ impl Signature {
         }
         Ok(Signature { algorithm, mac })
     }
+
+    /// Parses a bare hex digest with no `<algorithm>=` prefix, as Nexus sends it. Flux
+    /// compares it as a string with the lower-case hex it computes, so only lower-case
+    /// digits of the digest's exact length can ever match: anything else is refused here,
+    /// before any HMAC work. For those, comparing the decoded bytes is the same test.
+    pub fn parse_bare(
+        header: &'static str,
+        algorithm: Algorithm,
+        value: &[u8],
+    ) -> Result<Self, Refusal> {
+        let digits = algorithm.digest_len() * 2;
+        let malformed = || {
+            Refusal::unauthorized(format!(
+                "malformed signature in {header}: expected {digits} lower-case hex digits of an HMAC-{}, with no prefix",
+                algorithm.as_str().to_uppercase()
+            ))
+        };
+        let lower_hex = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'f');
+        if value.len() != digits || !value.iter().all(lower_hex) {
+            return Err(malformed());
+        }
+        let mac = hex::decode(value).map_err(|_| malformed())?;
+        Ok(Signature { algorithm, mac })
+    }
 }
 
 /// HMAC states already keyed with each secret, so a request only clones them.
@@ -135,12 +159,19 @@ impl Keys {
         head: &HeaderMap,
         header: &'static str,
     ) -> Result<HmacCheck, Refusal> {
-        match single_header(head, header)? {
-            Some(v) if !v.is_empty() => Ok(self.check(header, Signature::parse(header, v)?)),
-            _ => Err(Refusal::unauthorized(format!(
-                "missing signature ({header})"
-            ))),
-        }
+        let value = signature_header(head, header)?;
+        Ok(self.check(header, Signature::parse(header, value)?))
+    }
+
+    /// Like [`Keys::check_header`], for a header holding the bare hex digest of `algorithm`.
+    pub fn check_bare_header(
+        &self,
+        head: &HeaderMap,
+        header: &'static str,
+        algorithm: Algorithm,
+    ) -> Result<HmacCheck, Refusal> {
+        let value = signature_header(head, header)?;
+        Ok(self.check(header, Signature::parse_bare(header, algorithm, value)?))
     }
 
     pub fn check(&self, header: &'static str, sig: Signature) -> HmacCheck {
@@ -154,6 +185,16 @@ impl Keys {
             })
             .collect();
         HmacCheck { header, sig, macs }
+    }
+}
+
+/// The one, non-empty value of a signature header.
+fn signature_header<'h>(head: &'h HeaderMap, header: &'static str) -> Result<&'h [u8], Refusal> {
+    match single_header(head, header)? {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(Refusal::unauthorized(format!(
+            "missing signature ({header})"
+        ))),
     }
 }
 
@@ -317,5 +358,28 @@ mod tests {
         let r = c.finish().unwrap_err();
         assert_eq!(r.status, 401);
         assert_eq!(r.reason, "signature mismatch (X-Signature, sha256)");
+    }
+
+    #[test]
+    fn bare_hex_is_exactly_the_lower_case_digest() {
+        let good = sign(Algorithm::Sha1, SECRET, BODY);
+        let sig = Signature::parse_bare("X-Sig", Algorithm::Sha1, good.as_bytes()).unwrap();
+        let keys = Keys::new(&[Secret::new(SECRET.to_vec())]);
+        let mut c = keys.check("X-Sig", sig);
+        c.update(BODY);
+        c.finish().unwrap();
+
+        let expected = "malformed signature in X-Sig: expected 40 lower-case hex digits of an HMAC-SHA1, with no prefix";
+        for bad in [
+            good.to_uppercase(),
+            format!("sha1={good}"),
+            good[..38].to_string(),
+            format!("{good}00"),
+            format!(" {}", &good[1..]),
+            "g".repeat(40),
+        ] {
+            let r = Signature::parse_bare("X-Sig", Algorithm::Sha1, bad.as_bytes()).unwrap_err();
+            assert_eq!((r.status, r.reason.as_ref()), (401, expected), "{bad}");
+        }
     }
 }
