@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use fluxgate::refusal::Refusal;
 use fluxgate::secret::Secret;
 use fluxgate::verify::signature::sign;
-use fluxgate::verify::{Algorithm, ReceiverType, Verifier};
+use fluxgate::verify::{Algorithm, ReceiverType, TypeOptions, Verifier};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::hint::black_box;
 use std::time::Duration;
@@ -130,7 +130,7 @@ fn push_fixture(c: &mut Criterion) {
     let mut g = c.benchmark_group("verify/push-7KB");
     g.throughput(Throughput::Bytes(PUSH.len() as u64));
     for (name, kind, head, ok) in cases(PUSH) {
-        let verifier = kind.verifier(&secrets);
+        let verifier = kind.verifier(&secrets, &TypeOptions::default()).unwrap();
         assert_eq!(
             check(verifier.as_ref(), &head, PUSH).is_ok(),
             ok,
@@ -146,7 +146,9 @@ fn push_fixture(c: &mut Criterion) {
     g.bench_function("github/sha256+build-verifier", |b| {
         let (_, kind, head, _) = cases(PUSH).swap_remove(0);
         b.iter(|| {
-            let verifier = kind.verifier(black_box(&secrets));
+            let verifier = kind
+                .verifier(black_box(&secrets), &TypeOptions::default())
+                .unwrap();
             check(verifier.as_ref(), black_box(&head), black_box(PUSH))
         })
     });
@@ -156,7 +158,9 @@ fn push_fixture(c: &mut Criterion) {
 /// GitHub SHA-256 over bodies from 1 KiB up to GitHub's 25 MiB cap.
 fn body_size(c: &mut Criterion) {
     let secrets = [Secret::new(TOKEN.to_vec())];
-    let verifier = ReceiverType::Github.verifier(&secrets);
+    let verifier = ReceiverType::Github
+        .verifier(&secrets, &TypeOptions::default())
+        .unwrap();
     let mut g = c.benchmark_group("verify/github-sha256-size");
     for (label, size) in [
         ("1KiB", 1usize << 10),
