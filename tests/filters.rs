@@ -1,6 +1,6 @@
-//! CEL resource filters (`resource_filter`, `resources[].filter`) and the cross-namespace
-//! switch, end to end: the real binary on loopback TLS, signed deliveries, the stand-in
-//! Kubernetes API.
+//! CEL resource filters (`resource_filter`, `resources[].filter`), the cross-namespace switch
+//! and every Flux target kind, end to end: the real binary on loopback TLS, signed deliveries,
+//! the stand-in Kubernetes API.
 
 mod common;
 use common::*;
@@ -636,4 +636,111 @@ async fn with_the_switch_off_another_namespace_is_reconciled() {
     let (status, answer) = push(&gw, "crossing", &push_to("refs/heads/main")).await;
     assert_eq!(status, 200, "{answer}");
     assert!(gw.annotation(KS, "Kustomization", "apps", "app").is_some());
+}
+
+/// flux-receiver.md §4.2: every kind a Receiver may target, with the apiVersion given only
+/// where Flux has no default.
+const KINDS: &[(&str, &str, Option<&str>)] = &[
+    ("Bucket", "buckets", None),
+    ("GitRepository", "gitrepositories", None),
+    ("HelmChart", "helmcharts", None),
+    ("HelmRepository", "helmrepositories", None),
+    ("OCIRepository", "ocirepositories", None),
+    ("ImageRepository", "imagerepositories", None),
+    ("ArtifactGenerator", "artifactgenerators", None),
+    ("Kustomization", "kustomizations", Some(KS)),
+    (
+        "HelmRelease",
+        "helmreleases",
+        Some("helm.toolkit.fluxcd.io/v2"),
+    ),
+    (
+        "ImagePolicy",
+        "imagepolicies",
+        Some("image.toolkit.fluxcd.io/v1"),
+    ),
+    (
+        "ImageUpdateAutomation",
+        "imageupdateautomations",
+        Some("image.toolkit.fluxcd.io/v1"),
+    ),
+    (
+        "ExternalArtifact",
+        "externalartifacts",
+        Some("source.toolkit.fluxcd.io/v1"),
+    ),
+];
+
+/// The apiVersion each kind resolves to: Flux's default, or the one given.
+fn api_version_of(kind: &str, given: Option<&str>) -> &'static str {
+    match (kind, given) {
+        ("ImageRepository", None) => "image.toolkit.fluxcd.io/v1",
+        ("ArtifactGenerator", None) => "source.extensions.fluxcd.io/v1beta1",
+        (_, None) => GIT,
+        ("Kustomization", _) => KS,
+        ("HelmRelease", _) => "helm.toolkit.fluxcd.io/v2",
+        ("ImagePolicy" | "ImageUpdateAutomation", _) => "image.toolkit.fluxcd.io/v1",
+        _ => GIT,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_flux_kind_resolves_and_is_patched_with_and_without_a_filter() {
+    let mut objects = Vec::new();
+    let mut plain = Vec::new();
+    for (kind, _, given) in KINDS {
+        let av = api_version_of(kind, *given);
+        let (group, version) = av.split_once('/').unwrap();
+        // Labels that let a filter check `res` carries the target's own apiVersion and kind.
+        let labels = json!({"kind": kind, "group": group, "version": version});
+        objects.push(object(av, kind, "plain", labels.clone()));
+        objects.push(object(av, kind, "judged", labels));
+        plain.push(match given {
+            Some(v) => format!("{{ kind = \"{kind}\", apiVersion = \"{v}\", name = \"plain\" }}"),
+            None => format!("{{ kind = \"{kind}\", name = \"plain\" }}"),
+        });
+    }
+    let judged: Vec<String> = plain.iter().map(|p| p.replace("plain", "judged")).collect();
+    let s = Setup::new();
+    let a = github(
+        &s,
+        "all-kinds",
+        &format!("resources = [\n  {}\n]", plain.join(",\n  ")),
+    );
+    let b = github(
+        &s,
+        "all-kinds-judged",
+        &format!(
+            "resource_filter = 'res.kind == res.metadata.labels.kind && res.apiVersion == res.metadata.labels.group + \"/\" + res.metadata.labels.version'\nresources = [\n  {}\n]",
+            judged.join(",\n  ")
+        ),
+    );
+    let gw = s.receiver(&a).receiver(&b).start_with(cluster(objects));
+
+    for (receiver, name) in [("all-kinds", "plain"), ("all-kinds-judged", "judged")] {
+        let (status, answer) = push(&gw, receiver, &push_to("refs/heads/main")).await;
+        assert_eq!(status, 200, "{receiver}: {answer}");
+        let mut want: Vec<String> = KINDS
+            .iter()
+            .map(|(k, _, _)| format!("{k} flux-system/{name}"))
+            .collect();
+        want.sort();
+        assert_eq!(listed(&answer, "patched"), want, "{receiver}");
+        assert!(listed(&answer, "filtered").is_empty(), "{answer}");
+        for (kind, plural, given) in KINDS {
+            let av = api_version_of(kind, *given);
+            assert!(
+                gw.annotation(av, kind, "flux-system", name).is_some(),
+                "{kind} {name} not annotated"
+            );
+            let path = format!("/apis/{av}/namespaces/flux-system/{plural}/{name}");
+            assert!(
+                gw.patches()
+                    .iter()
+                    .any(|p| p.path == path && p.status == 200),
+                "no PATCH {path}: {:?}",
+                calls(&gw)
+            );
+        }
+    }
 }
