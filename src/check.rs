@@ -150,10 +150,13 @@ async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
     let mut namespaces = BTreeSet::new();
     for (i, rec) in s.receivers.iter().enumerate() {
         namespaces.insert(rec.namespace.clone());
-        for t in &rec.targets {
+        for (j, t) in rec.targets.iter().enumerate() {
             namespaces.insert(t.namespace.clone());
             let qualified = format!("{}.{}", t.plural, t.group);
+            // A filtered object is read before it is patched.
+            let filtered = rec.filters.get(j).is_some_and(|f| !f.is_empty());
             let (name, verbs): (Option<&str>, &[&str]) = match &t.select {
+                Select::Name(n) if filtered => (Some(n.as_str()), &["get", "patch"]),
                 Select::Name(n) => (Some(n.as_str()), &["patch"]),
                 Select::Labels(_) => (None, &["list", "patch"]),
             };

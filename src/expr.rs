@@ -90,6 +90,11 @@ impl Expr {
         self.program.references().has_variable("req")
     }
 
+    /// Whether the expression reads the verified token's claims.
+    pub fn reads_claims(&self) -> bool {
+        self.program.references().has_variable("claims")
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }

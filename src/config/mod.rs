@@ -67,6 +67,8 @@ struct RawKubernetes {
     kubeconfig: Option<PathBuf>,
     context: Option<String>,
     timeout: Option<String>,
+    /// Flux's `--no-cross-namespace-refs`.
+    no_cross_namespace_refs: Option<bool>,
 }
 
 /// A loaded, valid configuration.
@@ -113,6 +115,8 @@ pub struct KubernetesSettings {
     pub kubeconfig: PathBuf,
     pub context: Option<String>,
     pub timeout: Duration,
+    /// Whether a receiver may only target objects in its own namespace.
+    pub no_cross_namespace_refs: bool,
 }
 
 /// One thing wrong with the configuration.
@@ -385,6 +389,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         Duration::from_secs(10),
         &mut p,
     );
+    let no_cross_namespace_refs = k.no_cross_namespace_refs.unwrap_or(false);
 
     // Within Kubernetes' default termination grace (30 s) and systemd's stop timeout (90 s).
     let grace_period = duration(
@@ -421,10 +426,14 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let mut receivers: Vec<Arc<Receiver>> = Vec::new();
     let mut seen_names: HashMap<(String, String), usize> = HashMap::new();
     let mut seen_paths: HashMap<String, usize> = HashMap::new();
+    let rules = receivers::Rules {
+        no_cross_namespace_refs,
+    };
     for (i, r) in raw.receivers.into_iter().enumerate() {
         let key = format!("receivers[{i}]");
         let id = u32::try_from(i).unwrap_or(u32::MAX);
-        let Some(rec) = receivers::receiver(id, &key, r, &mut ranges, &mut p, &mut warnings) else {
+        let Some(rec) = receivers::receiver(id, &key, r, rules, &mut ranges, &mut p, &mut warnings)
+        else {
             continue;
         };
         if let Some(j) = seen_names.insert((rec.namespace.clone(), rec.name.clone()), i) {
@@ -493,6 +502,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     kubeconfig,
                     context: k.context,
                     timeout: kube_timeout,
+                    no_cross_namespace_refs,
                 },
                 relay,
                 limits,

@@ -135,10 +135,18 @@ impl Receiver {
     }
 }
 
+/// Settings outside `[[receivers]]` that decide whether a receiver is valid.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rules {
+    /// `kubernetes.no_cross_namespace_refs`: targets must be in the receiver's namespace.
+    pub no_cross_namespace_refs: bool,
+}
+
 pub(super) fn receiver(
     id: u32,
     key: &str,
     r: RawReceiver,
+    rules: Rules,
     sets: &mut RangeSets,
     p: &mut Problems,
     warnings: &mut Vec<String>,
@@ -258,6 +266,15 @@ pub(super) fn receiver(
     let mut filters = Vec::new();
     for (j, spec) in r.resources.iter().enumerate() {
         match Target::resolve(spec, &r.namespace) {
+            // As Flux's --no-cross-namespace-refs, but found at load time rather than failing
+            // every delivery with a 500.
+            Ok(t) if rules.no_cross_namespace_refs && t.namespace != r.namespace => p.add(
+                format!("{key}.resources[{j}].namespace"),
+                format!(
+                    "{:?} is not the receiver's namespace {:?}, and kubernetes.no_cross_namespace_refs forbids cross-namespace references",
+                    t.namespace, r.namespace
+                ),
+            ),
             Ok(t) => {
                 if spec.name != "*" && !spec.match_labels.is_empty() {
                     warnings.push(format!("{key}.resources[{j}].matchLabels: ignored because name is not \"*\", as in Flux"));

@@ -10,6 +10,7 @@ use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::Claim;
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::filter;
 use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
@@ -57,6 +58,9 @@ struct Summary<'a> {
     requested_at: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patched: Option<Vec<&'a Patched>>,
+    /// Objects a resource filter turned down, so a filter can be debugged from the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filtered: Option<Vec<&'a Patched>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     unmatched: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -353,15 +357,28 @@ impl HookApp {
         answer
     }
 
-    /// 200 when every target was patched within `relay.wait`, 502 when the API refused one
-    /// for good, 202 when some are still queued (safely, when the queue is durable).
+    /// 200 when every target was patched (or filtered out) within `relay.wait`, 502 when the
+    /// API refused one for good or its filter could not be evaluated, 202 when some are still
+    /// queued (safely, when the queue is durable). 400 when filters read `req` and the
+    /// JSON-typed body is not a JSON object.
     async fn relay_to(
         &self,
         receiver: &Receiver,
-        _verified: &Verified<'_>,
+        verified: &Verified<'_>,
         log: &mut Delivery,
     ) -> Answer {
-        let delivered = match self.relay.deliver(&receiver.targets).await {
+        let filters = match filter::for_delivery(
+            &receiver.filters,
+            &verified.head.headers,
+            verified.body.as_deref(),
+            &verified.evidence,
+        ) {
+            Ok(f) => f,
+            Err(why) => {
+                return Answer::refused(&Refusal::bad_request(Cause::MalformedRequest, why))
+            }
+        };
+        let delivered = match self.relay.deliver(&receiver.targets, &filters).await {
             Ok(d) => d,
             Err(e) => {
                 return Answer::text(
@@ -372,6 +389,7 @@ impl HookApp {
             }
         };
         let mut patched = Vec::new();
+        let mut filtered = Vec::new();
         let mut unmatched = Vec::new();
         let mut queued = Vec::new();
         let mut failed = Vec::new();
@@ -379,14 +397,17 @@ impl HookApp {
             match outcome {
                 Some(Outcome::Patched {
                     patched: p,
+                    filtered: f,
                     unmatched: none,
                 }) => {
                     patched.extend(p.iter());
+                    filtered.extend(f.iter());
                     if *none {
                         unmatched.push(target.as_str());
                     }
                 }
                 Some(Outcome::Refused(e)) => failed.push(format!("{target}: {e}")),
+                Some(Outcome::FilterFailed(why)) => failed.push(format!("{target}: {why}")),
                 Some(Outcome::Dropped(why)) => failed.push(format!("{target}: {why}")),
                 None => queued.push(target.as_str()),
             }
@@ -396,10 +417,7 @@ impl HookApp {
             return Answer::text(
                 502,
                 "relay_refused",
-                &format!(
-                    "the Kubernetes API did not accept the reconcile request: {}",
-                    failed.join("; ")
-                ),
+                &format!("not reconciled: {}", failed.join("; ")),
             );
         }
         let (status, outcome) = if queued.is_empty() {
@@ -413,6 +431,7 @@ impl HookApp {
             relayed: true,
             requested_at: Some(&delivered.requested_at),
             patched: Some(patched),
+            filtered: Some(filtered).filter(|f| !f.is_empty()),
             unmatched: Some(unmatched),
             queued: Some(queued).filter(|q| !q.is_empty()),
             ..Summary::default()

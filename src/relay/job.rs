@@ -1,41 +1,77 @@
 //! A relay job: "reconcile this target, as of this delivery".
 
+use super::filter::Filter;
 use super::target::Target;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// One job per target. `generation` is the newest delivery's time in nanoseconds since 1970;
-/// it only grows, and the patch carries it as the requestedAt value, so a later patch is never
-/// older than a delivery it absorbed.
+/// One job per target, or per target and filter inputs. `generation` is the newest delivery's
+/// time in nanoseconds since 1970; it only grows, and the patch carries it as the requestedAt
+/// value, so a later patch is never older than a delivery it absorbed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Shared with the receiver: a delivery queues its targets without copying them.
     pub target: Arc<Target>,
+    /// For a target with filters: which of its objects this delivery reconciles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Arc<Filter>>,
     pub generation: u64,
     /// When the oldest delivery still waiting in this job arrived, for `max_age`.
     pub since: u64,
     pub attempts: u32,
 }
 
+/// What deliveries coalesce on: the target, and a filtered target's inputs. For a target
+/// without filters the second part is `None`, and the key costs what the target alone did.
+pub type JobKey = (Arc<Target>, Option<Arc<Filter>>);
+
 impl Job {
-    pub fn new(target: Arc<Target>, generation: u64) -> Self {
+    pub fn new(target: Arc<Target>, filter: Option<Arc<Filter>>, generation: u64) -> Self {
         Job {
             target,
+            filter,
             generation,
             since: generation,
             attempts: 0,
         }
     }
 
-    pub fn key(&self) -> String {
-        self.target.key()
+    pub fn queue_key(&self) -> JobKey {
+        (self.target.clone(), self.filter.clone())
     }
 
-    /// Takes in a later (or earlier, after a restart) copy of the same target's job.
-    pub fn absorb(&mut self, other: &Job) {
-        self.generation = self.generation.max(other.generation);
-        self.since = self.since.min(other.since);
+    /// The job's key in the store, in one-to-one correspondence with [`JobKey`].
+    pub fn key(&self) -> String {
+        match &self.filter {
+            None => self.target.key(),
+            Some(f) => format!("{}#{}", self.target.key(), f.id()),
+        }
     }
+
+    /// Takes in a later (or earlier, after a restart) copy of the same job.
+    pub fn absorb(&mut self, other: &Job) {
+        self.absorb_times(other.generation, other.since);
+    }
+
+    /// Takes in the stored copy of the same job, keeping its count of attempts.
+    pub fn absorb_stored(&mut self, stored: &Stamp) {
+        self.absorb_times(stored.generation, stored.since);
+        self.attempts = stored.attempts;
+    }
+
+    fn absorb_times(&mut self, generation: u64, since: u64) {
+        self.generation = self.generation.max(generation);
+        self.since = self.since.min(since);
+    }
+}
+
+/// What the store reads of a stored job to coalesce or remove it, without decoding its target
+/// or compiling its filter again.
+#[derive(Debug, Deserialize)]
+pub struct Stamp {
+    pub generation: u64,
+    pub since: u64,
+    pub attempts: u32,
 }
 
 /// The requestedAt value for a generation: RFC 3339 with nanoseconds, as `flux reconcile`

@@ -1,6 +1,7 @@
 //! The Kubernetes API, through kube-rs, with the service account's kubeconfig.
 
 use super::target::Target;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -242,6 +243,26 @@ impl KubeApi {
         let status = res.status().as_u16();
         let body = res.into_body().collect_bytes().await?;
         Ok((status, body))
+    }
+
+    /// One object's metadata (PartialObjectMetadata), for the filters.
+    pub async fn get_metadata(&self, target: &Target, name: &str) -> Result<ObjectMeta, ApiError> {
+        let object = Self::api(self.client().await?, target)
+            .get_metadata(name)
+            .await?;
+        Ok(object.metadata)
+    }
+
+    /// The metadata of every object the selector matches (PartialObjectMetadataList).
+    pub async fn list_metadata(
+        &self,
+        target: &Target,
+        selector: &str,
+    ) -> Result<Vec<ObjectMeta>, ApiError> {
+        let list = Self::api(self.client().await?, target)
+            .list_metadata(&ListParams::default().labels(selector))
+            .await?;
+        Ok(list.items.into_iter().map(|o| o.metadata).collect())
     }
 
     pub async fn list_names(

@@ -1,6 +1,7 @@
 //! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
 //! durable queue until the Kubernetes API has accepted them.
 
+pub mod filter;
 pub mod forward;
 pub mod job;
 pub mod kube;
@@ -8,6 +9,7 @@ pub mod queue;
 pub mod store;
 pub mod target;
 
+use self::filter::Filter;
 use self::kube::KubeApi;
 use self::queue::{Outcome, Queue};
 use self::target::Target;
@@ -15,7 +17,7 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One object that was asked to reconcile.
+/// One object that was asked to reconcile (or that a filter left alone).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Patched {
     #[serde(rename = "apiVersion")]
@@ -49,13 +51,21 @@ impl Relay {
     }
 
     /// Queues the delivery (durably, when the queue is) and waits up to `relay.wait` for its
-    /// jobs. An error means it could not be queued at all.
-    pub async fn deliver(&self, targets: &[Arc<Target>]) -> Result<Delivered, String> {
+    /// jobs. `filters` is empty when no target has any, or holds each target's filter in
+    /// order. An error means it could not be queued at all.
+    pub async fn deliver(
+        &self,
+        targets: &[Arc<Target>],
+        filters: &[Option<Arc<Filter>>],
+    ) -> Result<Delivered, String> {
         let generation = job::next_generation();
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.
         let wait = !self.wait.is_zero();
-        let waiting = self.queue.submit(targets, generation, wait).await?;
+        let waiting = self
+            .queue
+            .submit(targets, filters, generation, wait)
+            .await?;
         let mut results = Vec::with_capacity(targets.len());
         if !wait {
             results.resize_with(targets.len(), || None);

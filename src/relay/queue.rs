@@ -1,7 +1,8 @@
-//! The relay queue: jobs waiting for the API server, coalesced per target, retried with
-//! backoff, and handed back to the deliveries waiting on them.
+//! The relay queue: jobs waiting for the API server, coalesced per target (and filter inputs),
+//! retried with backoff, and handed back to the deliveries waiting on them.
 
-use super::job::{now_nanos, requested_at, Job};
+use super::filter::{self, Filter};
+use super::job::{now_nanos, requested_at, Job, JobKey};
 use super::kube::{ApiError, KubeApi};
 use super::store::{Store, ADOPT_EVERY};
 use super::target::{Select, Target};
@@ -33,10 +34,48 @@ pub struct QueueSettings {
 pub enum Outcome {
     Patched {
         patched: Vec<Patched>,
+        /// Objects the target's filters turned down: nothing to do for them, as in Flux.
+        filtered: Vec<Patched>,
+        /// A label selector that matched no object.
         unmatched: bool,
     },
     Refused(ApiError),
+    /// A filter could not be evaluated (a missing key, not a bool): no object of the target
+    /// was patched, and no retry can change that.
+    FilterFailed(String),
     Dropped(String),
+}
+
+/// Why one try at a job failed.
+#[derive(Debug)]
+enum Failure {
+    Api(ApiError),
+    Filter(String),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+impl Failure {
+    /// The outcome to report when no retry can help; the API error otherwise.
+    fn final_outcome(self) -> Result<Outcome, ApiError> {
+        match self {
+            Failure::Filter(why) => Ok(Outcome::FilterFailed(why)),
+            Failure::Api(e) if e.is_permanent() => Ok(Outcome::Refused(e)),
+            Failure::Api(e) => Err(e),
+        }
+    }
+}
+
+/// What a successful try did.
+#[derive(Debug)]
+struct Done {
+    patched: Vec<Patched>,
+    filtered: Vec<Patched>,
+    unmatched: bool,
 }
 
 struct Entry {
@@ -48,9 +87,10 @@ struct Entry {
 }
 
 pub struct Queue {
-    /// Keyed by target, shared with the receivers' configuration.
-    entries: Mutex<HashMap<Arc<Target>, Entry>>,
-    /// When each target was last patched, for `min_interval`.
+    /// Keyed by target (shared with the receivers' configuration) and filter inputs.
+    entries: Mutex<HashMap<JobKey, Entry>>,
+    /// When each target was last patched, for `min_interval`. Per target, whatever the
+    /// filter inputs, so the map is bounded by the configuration.
     last_patch: Mutex<HashMap<Arc<Target>, Instant>>,
     wake: Notify,
     permits: Arc<Semaphore>,
@@ -90,17 +130,20 @@ impl Queue {
         self.store.is_durable()
     }
 
-    /// Queues one job per target, on disk first. With `wait`, returns one receiver per
+    /// Queues one job per target, on disk first. `filters` is empty when no target has
+    /// any, or holds each target's filter in order. With `wait`, returns one receiver per
     /// target, in order, for the outcome; without, nobody is told.
     pub async fn submit(
         &self,
         targets: &[Arc<Target>],
+        filters: &[Option<Arc<Filter>>],
         generation: u64,
         wait: bool,
     ) -> Result<Vec<oneshot::Receiver<Outcome>>, String> {
         let jobs: Vec<Job> = targets
             .iter()
-            .map(|t| Job::new(t.clone(), generation))
+            .enumerate()
+            .map(|(i, t)| Job::new(t.clone(), filters.get(i).cloned().flatten(), generation))
             .collect();
         self.store.put(jobs.clone()).await?;
         if !wait {
@@ -135,7 +178,7 @@ impl Queue {
         let mut added = false;
         for (job, ready_at) in ready {
             let generation = job.generation;
-            let e = entries.entry(job.target.clone()).or_insert_with(|| {
+            let e = entries.entry(job.queue_key()).or_insert_with(|| {
                 added = true;
                 Entry {
                     job: job.clone(),
@@ -219,13 +262,13 @@ impl Queue {
         }
     }
 
-    async fn execute(self: Arc<Self>, key: Arc<Target>, job: Job) {
+    async fn execute(self: Arc<Self>, key: JobKey, job: Job) {
         let at = requested_at(job.generation);
         let started = Instant::now();
-        let result = self.attempt(&job.target, &at).await;
+        let result = self.attempt(&job, &at).await;
         let m = metrics::get();
         // An answer of any kind, even a refusal, shows the API is there.
-        let reached = !matches!(result, Err(ApiError::Unreachable(_)));
+        let reached = !matches!(result, Err(Failure::Api(ApiError::Unreachable(_))));
         m.kubernetes_api_up.set(i64::from(reached));
         m.patch_seconds
             .with_label_values(&[job.target.kind.as_str()])
@@ -240,14 +283,18 @@ impl Queue {
             e.in_flight = false;
             let newer = e.job.generation > job.generation;
             let result_label;
-            match result {
-                Ok((patched, unmatched)) => {
+            match result.map_err(Failure::final_outcome) {
+                Ok(done) => {
                     result_label = "patched";
-                    lock(&self.last_patch).insert(key.clone(), now);
+                    lock(&self.last_patch).insert(key.0.clone(), now);
                     resolve(
                         &mut e.waiters,
                         job.generation,
-                        &Outcome::Patched { patched, unmatched },
+                        &Outcome::Patched {
+                            patched: done.patched,
+                            filtered: done.filtered,
+                            unmatched: done.unmatched,
+                        },
                     );
                     e.job.attempts = 0;
                     e.ready_at = now + self.settings.min_interval;
@@ -256,17 +303,25 @@ impl Queue {
                         entries.remove(&key);
                     }
                 }
-                Err(err) if err.is_permanent() => {
+                Err(Ok(outcome)) => {
                     result_label = "refused";
-                    tracing::error!(target_object = %job.target, "the Kubernetes API refused the reconcile request for good: {err}");
-                    resolve(&mut e.waiters, job.generation, &Outcome::Refused(err));
+                    match &outcome {
+                        Outcome::FilterFailed(why) => {
+                            tracing::error!(target_object = %job.target, "a resource filter could not be evaluated, nothing reconciled: {why}")
+                        }
+                        Outcome::Refused(err) => {
+                            tracing::error!(target_object = %job.target, "the Kubernetes API refused the reconcile request for good: {err}")
+                        }
+                        Outcome::Patched { .. } | Outcome::Dropped(_) => {}
+                    }
+                    resolve(&mut e.waiters, job.generation, &outcome);
                     e.ready_at = now;
                     remove = Some(job.generation);
                     if !newer {
                         entries.remove(&key);
                     }
                 }
-                Err(err) => {
+                Err(Err(err)) => {
                     e.job.attempts += 1;
                     let age = Duration::from_nanos(now_nanos().saturating_sub(e.job.since));
                     let out_of_attempts = self.settings.max_attempts > 0
@@ -297,7 +352,7 @@ impl Queue {
                 .inc();
         }
         if let Some(generation) = remove {
-            if let Err(e) = self.store.remove(key.key(), generation).await {
+            if let Err(e) = self.store.remove(job.key(), generation).await {
                 tracing::error!("cannot remove a finished job from the queue: {e}");
             }
         }
@@ -314,33 +369,76 @@ impl Queue {
         cap.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
-    /// One try at a target: a merge patch on a named object, or a list and a patch of each
-    /// match for a label selector.
-    async fn attempt(&self, t: &Target, at: &str) -> Result<(Vec<Patched>, bool), ApiError> {
-        let names = match &t.select {
-            Select::Name(n) => vec![n.clone()],
-            Select::Labels(_) => {
-                self.api
-                    .list_names(t, &t.label_selector().unwrap_or_default())
-                    .await?
+    /// One try at a job. Without filters: a merge patch on a named object, or a list and a
+    /// patch of each match for a label selector, with nothing read first. With filters: the
+    /// metadata of the object or of each match is read and judged, and only what passes is
+    /// patched.
+    async fn attempt(&self, job: &Job, at: &str) -> Result<Done, Failure> {
+        let t = &job.target;
+        let mut filtered = Vec::new();
+        let (names, unmatched) = match &job.filter {
+            None => {
+                let names = match &t.select {
+                    Select::Name(n) => vec![n.clone()],
+                    Select::Labels(_) => {
+                        self.api
+                            .list_names(t, &t.label_selector().unwrap_or_default())
+                            .await?
+                    }
+                };
+                let unmatched = names.is_empty();
+                (names, unmatched)
+            }
+            Some(f) => {
+                let objects = match &t.select {
+                    Select::Name(n) => vec![self.api.get_metadata(t, n).await?],
+                    Select::Labels(_) => {
+                        self.api
+                            .list_metadata(t, &t.label_selector().unwrap_or_default())
+                            .await?
+                    }
+                };
+                let unmatched = objects.is_empty();
+                // Every object is judged before any is patched, so an evaluation error leaves
+                // the whole target untouched rather than half done.
+                let mut pass = Vec::with_capacity(objects.len());
+                for meta in &objects {
+                    let name = meta.name.clone().unwrap_or_default();
+                    let verdict = f
+                        .accepts(&filter::resource(t, meta))
+                        .map_err(|why| Failure::Filter(format!("filter on {name}: {why}")))?;
+                    if verdict {
+                        pass.push(name);
+                    } else {
+                        filtered.push(object(t, name));
+                    }
+                }
+                (pass, unmatched)
             }
         };
-        let unmatched = names.is_empty();
         let mut patched = Vec::new();
         for name in names {
             match self.api.request_reconcile(t, &name, at).await {
-                Ok(()) => patched.push(Patched {
-                    api_version: t.api_version(),
-                    kind: t.kind.clone(),
-                    namespace: t.namespace.clone(),
-                    name,
-                }),
+                Ok(()) => patched.push(object(t, name)),
                 // Deleted between the list and the patch: nothing left to reconcile.
                 Err(e) if matches!(t.select, Select::Labels(_)) && e.code() == Some(404) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok((patched, unmatched))
+        Ok(Done {
+            patched,
+            filtered,
+            unmatched,
+        })
+    }
+}
+
+fn object(t: &Target, name: String) -> Patched {
+    Patched {
+        api_version: t.api_version(),
+        kind: t.kind.clone(),
+        namespace: t.namespace.clone(),
+        name,
     }
 }
 
@@ -370,6 +468,172 @@ mod tests {
             max_age: Duration::from_secs(60),
             max_attempts: 0,
         }
+    }
+
+    /// A queue on the stand-in API, with GitRepositories a (branch main), b (branch dev) and
+    /// c (no branch label), all labelled app=web.
+    async fn standin_queue() -> (kube_standin::StandIn, Arc<Queue>, tempfile::TempDir) {
+        use kube_standin::{Config, Rule};
+        let git = |name: &str, branch: Option<&str>| {
+            let mut labels = serde_json::json!({"app": "web"});
+            if let Some(b) = branch {
+                labels["branch"] = b.into();
+            }
+            serde_json::json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+                "metadata": {"name": name, "namespace": "flux-system", "labels": labels},
+                "spec": {"interval": "10m", "url": "https://example.com/repo.git"}})
+        };
+        let user = "system:serviceaccount:flux-system:fluxgate";
+        let api = kube_standin::StandIn::start(
+            Config::new()
+                .user("t", user)
+                .allow(
+                    user,
+                    Rule::new(
+                        &["get", "list", "patch"],
+                        &["source.toolkit.fluxcd.io"],
+                        &["gitrepositories"],
+                    ),
+                )
+                .object(git("a", Some("main")))
+                .object(git("b", Some("dev")))
+                .object(git("c", None)),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&path, "t").unwrap();
+        let cfg = super::super::kube::load_config(&path, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let q = Queue::new(
+            Store::memory(),
+            Arc::new(KubeApi::new(cfg)),
+            settings(),
+            Vec::new(),
+        );
+        (api, Arc::new(q), dir)
+    }
+
+    fn filtered_job(select: Select, filter: &str, git_ref: &str) -> Job {
+        let exprs =
+            [
+                crate::expr::Expr::compile(filter, crate::expr::Scope::Filter { claims: false })
+                    .unwrap(),
+            ];
+        let req = Arc::new(serde_json::json!({ "ref": git_ref }));
+        let target = Target {
+            group: "source.toolkit.fluxcd.io".into(),
+            version: "v1".into(),
+            kind: "GitRepository".into(),
+            plural: "gitrepositories".into(),
+            namespace: "flux-system".into(),
+            select,
+        };
+        Job::new(
+            Arc::new(target),
+            Some(Arc::new(Filter::new(&exprs, &req, None))),
+            1,
+        )
+    }
+
+    fn names(objects: &[Patched]) -> Vec<&str> {
+        objects.iter().map(|o| o.name.as_str()).collect()
+    }
+
+    fn patched_names(api: &kube_standin::StandIn) -> Vec<String> {
+        api.requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .map(|r| r.path.rsplit('/').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn filters_pick_the_objects_to_patch_from_their_metadata() {
+        let (api, q, _dir) = standin_queue().await;
+        let web = Select::Labels([("app".to_string(), "web".to_string())].into());
+        let by_branch = "has(res.metadata.labels.branch) && res.metadata.labels.branch == req.ref";
+
+        let done = q
+            .attempt(&filtered_job(web.clone(), by_branch, "main"), "t1")
+            .await
+            .unwrap();
+        assert_eq!(
+            (names(&done.patched), names(&done.filtered), done.unmatched),
+            (vec!["a"], vec!["b", "c"], false)
+        );
+        assert_eq!(patched_names(&api), ["a"]);
+        let list = api
+            .requests()
+            .into_iter()
+            .find(|r| r.method == "GET")
+            .unwrap();
+        assert!(
+            list.header("accept")
+                .unwrap_or_default()
+                .contains("as=PartialObjectMetadataList"),
+            "{list:?}"
+        );
+
+        // A named object: read (as metadata), then judged.
+        api.clear_requests();
+        let named = |n: &str| Select::Name(n.into());
+        let done = q
+            .attempt(&filtered_job(named("b"), by_branch, "main"), "t2")
+            .await
+            .unwrap();
+        assert_eq!(
+            (names(&done.patched), names(&done.filtered)),
+            (vec![], vec!["b"])
+        );
+        let done = q
+            .attempt(&filtered_job(named("b"), by_branch, "dev"), "t3")
+            .await
+            .unwrap();
+        assert_eq!(names(&done.patched), ["b"]);
+        let gets: Vec<_> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .collect();
+        assert_eq!(gets.len(), 2);
+        assert!(gets.iter().all(|r| r
+            .header("accept")
+            .unwrap_or_default()
+            .contains("as=PartialObjectMetadata;")));
+        assert_eq!(patched_names(&api), ["b"]);
+
+        // A missing object is the API's 404, for good.
+        match q
+            .attempt(&filtered_job(named("gone"), by_branch, "main"), "t4")
+            .await
+        {
+            Err(Failure::Api(e)) => assert_eq!((e.code(), e.is_permanent()), (Some(404), true)),
+            _ => panic!("a missing object must be refused"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_evaluation_error_patches_nothing_of_the_target() {
+        let (api, q, _dir) = standin_queue().await;
+        let web = Select::Labels([("app".to_string(), "web".to_string())].into());
+        // c has no branch label: a missing key, an error in CEL.
+        let job = filtered_job(web, "res.metadata.labels.branch == req.ref", "main");
+        match q.attempt(&job, "t1").await {
+            Err(Failure::Filter(why)) => {
+                assert!(why.starts_with("filter on c: "), "{why}");
+                assert!(why.contains("branch"), "{why}");
+            }
+            _ => panic!("an evaluation error must fail the target"),
+        }
+        assert!(
+            patched_names(&api).is_empty(),
+            "a was judged before c, yet must not be patched"
+        );
+        // Reported as final, with the reason.
+        let outcome = Failure::Filter("x".into()).final_outcome();
+        assert!(matches!(outcome, Ok(Outcome::FilterFailed(ref w)) if w == "x"));
     }
 
     /// A regression: the in-memory queue's adoption deadline stayed in the past after the

@@ -10,7 +10,7 @@
 //! Writes go through one thread that commits everything waiting in one transaction (group
 //! commit): a burst of deliveries costs a few fsyncs, not one each.
 
-use super::job::Job;
+use super::job::{Job, Stamp};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -182,9 +182,8 @@ impl Writer {
                             let key = job.key();
                             let mut merged = job.clone();
                             if let Some(old) = table.get(key.as_str())? {
-                                if let Ok(old) = serde_json::from_slice::<Job>(old.value()) {
-                                    merged.absorb(&old);
-                                    merged.attempts = old.attempts;
+                                if let Ok(old) = serde_json::from_slice::<Stamp>(old.value()) {
+                                    merged.absorb_stored(&old);
                                 }
                             }
                             table.insert(key.as_str(), encode(&merged).as_slice())?;
@@ -192,7 +191,7 @@ impl Writer {
                     }
                     Op::Remove(key, generation) => {
                         let stale = match table.get(key.as_str())? {
-                            Some(v) => serde_json::from_slice::<Job>(v.value())
+                            Some(v) => serde_json::from_slice::<Stamp>(v.value())
                                 .map_or(true, |j| j.generation <= *generation),
                             None => false,
                         };
@@ -305,6 +304,7 @@ mod tests {
                 namespace: "flux-system".into(),
                 select: Select::Name(name.into()),
             }),
+            None,
             generation,
         )
     }
@@ -343,6 +343,71 @@ mod tests {
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 1, "the adopted file is removed");
         assert!(b.adopt().await.is_empty(), "adopted once");
+    }
+
+    fn filtered(name: &str, git_ref: &str, generation: u64) -> Job {
+        use crate::expr::{Expr, Scope};
+        use crate::relay::filter::Filter;
+        use serde_json::json;
+        let exprs = [Expr::compile(
+            "res.metadata.labels.branch == req.ref",
+            Scope::Filter { claims: false },
+        )
+        .unwrap()];
+        let req = std::sync::Arc::new(json!({ "ref": git_ref }));
+        let mut j = job(name, generation);
+        j.filter = Some(std::sync::Arc::new(Filter::new(&exprs, &req, None)));
+        j
+    }
+
+    #[tokio::test]
+    async fn filtered_jobs_are_kept_apart_by_their_inputs_and_restored_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = Store::open(dir.path()).unwrap();
+        a.put(vec![
+            job("app", 10),
+            filtered("app", "main", 11),
+            filtered("app", "dev", 12),
+        ])
+        .await
+        .unwrap();
+        // Same inputs: coalesced with the first "main" job.
+        a.put(vec![filtered("app", "main", 20)]).await.unwrap();
+        drop(a);
+        let (b, mut got) = Store::open(dir.path()).unwrap();
+        if got.is_empty() {
+            got = adopt_soon(&b).await;
+        }
+        got.sort_by_key(|j| j.since);
+        let seen: Vec<_> = got
+            .iter()
+            .map(|j| (j.filter.is_some(), j.generation, j.since))
+            .collect();
+        assert_eq!(seen, [(false, 10, 10), (true, 20, 11), (true, 12, 12)]);
+        assert_eq!(got[1], filtered("app", "main", 0).tap_times(20, 11));
+        // The restored filters still judge as they did.
+        let res = |branch: &str| serde_json::json!({"metadata": {"name": "app", "labels": {"branch": branch}}});
+        let main = got[1].filter.as_ref().unwrap();
+        let dev = got[2].filter.as_ref().unwrap();
+        assert_eq!(main.accepts(&res("main")), Ok(true));
+        assert_eq!(dev.accepts(&res("main")), Ok(false));
+        // A removal of one filtered job leaves the other jobs of the target.
+        b.remove(got[2].key(), 12).await.unwrap();
+        drop(b);
+        let (c, mut left) = Store::open(dir.path()).unwrap();
+        if left.is_empty() {
+            left = adopt_soon(&c).await;
+        }
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.iter().all(|j| j.key() != got[2].key()));
+    }
+
+    impl Job {
+        fn tap_times(mut self, generation: u64, since: u64) -> Job {
+            self.generation = generation;
+            self.since = since;
+            self
+        }
     }
 
     #[tokio::test]

@@ -310,6 +310,94 @@ mod tests {
         );
     }
 
+    /// flux-receiver.md §4.2: every kind of the Receiver CRD, its plural, and Flux's default
+    /// apiVersion (or none, where Flux requires one).
+    #[test]
+    fn every_flux_kind_has_its_plural_and_default_api_version() {
+        let table: [(&str, &str, Option<&str>); 12] = [
+            ("Bucket", "buckets", Some("source.toolkit.fluxcd.io/v1")),
+            (
+                "HelmChart",
+                "helmcharts",
+                Some("source.toolkit.fluxcd.io/v1"),
+            ),
+            (
+                "HelmRepository",
+                "helmrepositories",
+                Some("source.toolkit.fluxcd.io/v1"),
+            ),
+            (
+                "GitRepository",
+                "gitrepositories",
+                Some("source.toolkit.fluxcd.io/v1"),
+            ),
+            (
+                "OCIRepository",
+                "ocirepositories",
+                Some("source.toolkit.fluxcd.io/v1"),
+            ),
+            (
+                "ImageRepository",
+                "imagerepositories",
+                Some("image.toolkit.fluxcd.io/v1"),
+            ),
+            (
+                "ArtifactGenerator",
+                "artifactgenerators",
+                Some("source.extensions.fluxcd.io/v1beta1"),
+            ),
+            ("Kustomization", "kustomizations", None),
+            ("HelmRelease", "helmreleases", None),
+            ("ImagePolicy", "imagepolicies", None),
+            ("ImageUpdateAutomation", "imageupdateautomations", None),
+            ("ExternalArtifact", "externalartifacts", None),
+        ];
+        assert_eq!(KINDS.len(), table.len());
+        for (kind, plural, default) in table {
+            match (Target::resolve(&spec(kind, "x"), "ns"), default) {
+                (Ok(t), Some(d)) => {
+                    assert_eq!(
+                        (t.plural.as_str(), t.api_version()),
+                        (plural, d.to_string())
+                    );
+                }
+                (Err((field, why)), None) => {
+                    assert_eq!(field, "apiVersion", "{kind}");
+                    let current = current_api_version(kind);
+                    assert!(why.contains(current), "{kind}: {why}");
+                    let mut s = spec(kind, "x");
+                    s.api_version = Some(current.into());
+                    let t = Target::resolve(&s, "ns").unwrap();
+                    assert_eq!(
+                        (t.plural.as_str(), t.api_version()),
+                        (plural, current.to_string())
+                    );
+                }
+                (got, _) => panic!("{kind}: {got:?}"),
+            }
+        }
+        assert_eq!(
+            current_api_version("Kustomization"),
+            "kustomize.toolkit.fluxcd.io/v1"
+        );
+        assert_eq!(
+            current_api_version("HelmRelease"),
+            "helm.toolkit.fluxcd.io/v2"
+        );
+        assert_eq!(
+            current_api_version("ImagePolicy"),
+            "image.toolkit.fluxcd.io/v1"
+        );
+        assert_eq!(
+            current_api_version("ImageUpdateAutomation"),
+            "image.toolkit.fluxcd.io/v1"
+        );
+        assert_eq!(
+            current_api_version("ExternalArtifact"),
+            "source.toolkit.fluxcd.io/v1"
+        );
+    }
+
     #[test]
     fn wildcard_needs_labels_and_names_must_be_valid() {
         assert_eq!(
