@@ -617,6 +617,10 @@ pub(super) fn bearer(head: &HeaderMap, trim: bool) -> Result<&str, Refusal> {
         .ok_or_else(|| Refusal::unauthorized("missing bearer token (Authorization)"))?;
     let value = std::str::from_utf8(value)
         .map_err(|_| Refusal::unauthorized("Authorization is not a bearer token"))?;
+    // HTTP drops the space after a bare `Bearer`: the token is missing, not the scheme.
+    if value == "Bearer" {
+        return Err(Refusal::unauthorized("empty bearer token (Authorization)"));
+    }
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| Refusal::unauthorized("Authorization is not a bearer token"))?;
@@ -1059,7 +1063,8 @@ mod tests {
             ("bearer abc", "Authorization is not a bearer token"),
             ("Basic abc", "Authorization is not a bearer token"),
             ("Bearer ", "empty bearer token (Authorization)"),
-            ("Bearer", "Authorization is not a bearer token"),
+            ("Bearer", "empty bearer token (Authorization)"),
+            ("Bearerabc", "Authorization is not a bearer token"),
         ] {
             let r = bearer(&h(&[("authorization", v)]), true).unwrap_err();
             assert_eq!((r.status, r.reason.as_ref()), (401, why), "{v}");
