@@ -554,7 +554,21 @@ async fn generic_oidc_token_is_relayed_and_bad_ones_are_refused() {
         assert_eq!(status, 200, "{text}");
     }
     assert_eq!(gw.patches().len(), 2);
-    // Discovery and keys once, not per request.
+
+    // A reload builds new verifiers; they share the keys already fetched.
+    let reloads = "fluxgate_config_reloads_total{result=\"ok\"}";
+    let before = gw.metric(reloads);
+    gw.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(10);
+    while gw.metric(reloads) <= before {
+        assert!(Instant::now() < until, "no reload: {}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, text) = gw
+        .post(&path, &[("Authorization", &bearer(ci.sign(&good)))], "")
+        .await;
+    assert_eq!(status, 200, "{text}");
+    // Discovery and keys once, not per request nor per configuration.
     assert_eq!(issuer.hits("/.well-known/openid-configuration"), 1);
     assert_eq!(issuer.hits("/keys"), 1);
 }

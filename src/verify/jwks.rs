@@ -125,8 +125,8 @@ struct Snapshot {
     expires: Option<Instant>,
     /// The last fetch, successful or not.
     attempted: Option<Instant>,
-    /// Why the last fetch failed, if it did.
-    error: Option<String>,
+    /// Whether the last fetch failed.
+    failed: bool,
     /// Counts fetches, so a request that waited for another's fetch uses its result.
     generation: u64,
 }
@@ -321,7 +321,7 @@ impl KeySet {
             .is_some_and(|t| now.duration_since(t) < self.policy.min_refetch);
         // Stale keys are refetched on time unless the last attempt just failed; a missing kid
         // only after the pause.
-        if recent && (!due || snap.error.is_some()) {
+        if recent && (!due || snap.failed) {
             return snap;
         }
         let fetched = self.fetch().await;
@@ -336,7 +336,7 @@ impl KeySet {
                     algorithms: f.algorithms,
                     expires: Some(now + f.ttl),
                     attempted: Some(now),
-                    error: None,
+                    failed: false,
                     generation: snap.generation + 1,
                 }
             }
@@ -352,7 +352,7 @@ impl KeySet {
                     algorithms: snap.algorithms.clone(),
                     expires: snap.expires,
                     attempted: Some(now),
-                    error: Some(e),
+                    failed: true,
                     generation: snap.generation + 1,
                 }
             }
