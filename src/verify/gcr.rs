@@ -77,6 +77,10 @@ impl Gcr {
             nbf_leeway: None,
         };
         let claims = self.keys.verify(token, &expect).await?;
+        // Google's validator reads `aud` as one string; a list of audiences fails there.
+        if !claims.get("aud").is_some_and(Value::is_string) {
+            return Err(Refusal::unauthorized("wrong token audience"));
+        }
         // Neither the expected email nor the token's is quoted: the email is a key of the
         // receiver's Secret in Flux.
         if claims.get("email").and_then(Value::as_str) != Some(self.email.as_str()) {
@@ -286,7 +290,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn email_checks() {
+    async fn audience_and_email_checks() {
         let k = TestKey::new("g1");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("certs.json");
@@ -322,6 +326,9 @@ mod tests {
             run(c).await.is_ok(),
             "the issuer without a scheme, as Google writes it"
         );
+        let mut c = claims(json!("sa@p.iam.gserviceaccount.com"), json!(true));
+        c["aud"] = json!(["https://hooks.example.com/hook/x", "other"]);
+        assert_eq!(run(c).await.unwrap_err(), "wrong token audience");
         assert_eq!(
             run(claims(
                 json!("other@p.iam.gserviceaccount.com"),
