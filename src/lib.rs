@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod edge;
 pub mod expr;
+pub mod fetch;
 pub mod guard;
 pub mod hook_path;
 pub mod metrics;

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// Range-set refreshes, by set and result.
     pub range_refreshes: IntCounterVec,
+    /// Fetches of token issuers' signing keys, by source and result.
+    pub key_refreshes: IntCounterVec,
     /// Relay job attempts, by target kind and result (patched, refused, retried, dropped).
     pub relay_jobs: IntCounterVec,
     pub patch_seconds: HistogramVec,
@@ -74,6 +76,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "fluxgate_range_refreshes_total",
             "Refreshes of named range sets, by set and result (ok, failed).",
             &["set", "result"]
+        )?,
+        key_refreshes: register_int_counter_vec!(
+            "fluxgate_key_set_refreshes_total",
+            "Fetches of token issuers' signing keys (gcr, generic-oidc), by source (JWKS URL, file or issuer) and result (ok, failed).",
+            &["source", "result"]
         )?,
         relay_jobs: register_int_counter_vec!(
             "fluxgate_relay_jobs_total",

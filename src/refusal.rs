@@ -21,6 +21,8 @@ pub enum Cause {
     NotAllowed,
     RateLimited,
     Blocked,
+    /// A token issuer's signing keys could not be fetched: the provider should retry.
+    KeysUnavailable,
 }
 
 impl Cause {
@@ -38,6 +40,7 @@ impl Cause {
             Cause::NotAllowed => "not_allowed",
             Cause::RateLimited => "rate_limited",
             Cause::Blocked => "blocked",
+            Cause::KeysUnavailable => "keys_unavailable",
         }
     }
 }

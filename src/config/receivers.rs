@@ -297,6 +297,31 @@ pub(super) fn receiver(
                 .collect::<Vec<_>>(),
         );
     }
+    if !r.oidc_providers.is_empty() && kind.is_some_and(|k| k != ReceiverType::GenericOidc) {
+        p.add(
+            format!("{key}.oidc_providers"),
+            "only for type generic-oidc (Flux forbids oidcProviders on other types)",
+        );
+    }
+    if kind.is_some_and(|k| k != ReceiverType::Gcr) {
+        for (field, set) in [
+            ("email", r.email.is_some()),
+            ("audience", r.audience.is_some()),
+            ("jwks", r.jwks.is_some()),
+        ] {
+            if set {
+                warnings.push(format!(
+                    "{key}.{field}: ignored by type {}; it is for type gcr{}",
+                    r.kind,
+                    if kind == Some(ReceiverType::GenericOidc) {
+                        " (generic-oidc takes audience and jwks per oidc_providers entry)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
     let options = TypeOptions {
         email: r.email,
         audience: r.audience,

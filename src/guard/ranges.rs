@@ -148,22 +148,9 @@ impl RangeSet {
                 .await
                 .map_err(|e| format!("cannot read {}: {e}", p.display())),
             Some(Source::Url(u)) => {
-                let mut resp = client
-                    .get(u)
-                    .header("Accept", "application/json, text/plain")
-                    .send()
-                    .await
-                    .map_err(|e| format!("GET {u}: {e}"))?;
-                if !resp.status().is_success() {
-                    return Err(format!("GET {u}: HTTP {}", resp.status()));
-                }
-                let mut body = Vec::new();
-                while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {u}: {e}"))? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > 8 * 1024 * 1024 {
-                        return Err(format!("GET {u}: more than 8 MiB"));
-                    }
-                }
+                let (_, body) =
+                    crate::fetch::get(client, u, "application/json, text/plain", 8 * 1024 * 1024)
+                        .await?;
                 String::from_utf8(body).map_err(|_| format!("GET {u}: not UTF-8 text"))
             }
         }
