@@ -18,6 +18,7 @@ const EXPORTED: &[&str] = &[
     "fluxgate_open_connections",
     "fluxgate_tls_handshake_failures_total",
     "fluxgate_range_refreshes_total",
+    "fluxgate_key_set_refreshes_total",
     "fluxgate_relay_jobs_total",
     "fluxgate_relay_patch_duration_seconds",
     "fluxgate_relay_queue_depth",
@@ -59,6 +60,10 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "body_timeout",
             "relay_refused",
             "queue_failed",
+            "keys_unavailable",
+            "forwarded",
+            "forward_refused",
+            "forward_failed",
         ],
     ),
     (

@@ -350,7 +350,7 @@ pub(super) fn receiver(
         path: r
             .path
             .unwrap_or_else(|| flux_hook_path(token, &r.name, &r.namespace)),
-        keep_body: verifier.completes() || filters_read_req || r.forward.is_some(),
+        keep_body: verifier.reads_body() || filters_read_req || r.forward.is_some(),
         verifier,
         filters,
         forward: r.forward,

@@ -47,9 +47,14 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     /// Checks the request head and says what the body still has to prove.
     fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal>;
 
-    /// Whether [`Verifier::complete`] has work to do, so the body must be kept for it.
+    /// Whether [`Verifier::complete`] has work to do.
     fn completes(&self) -> bool {
         false
+    }
+
+    /// Whether `complete` reads the body, which must then be kept for it.
+    fn reads_body(&self) -> bool {
+        self.completes()
     }
 
     /// The checks that need the whole body, or the network, after `begin` and the HMAC passed.

@@ -177,6 +177,11 @@ impl Verifier for GenericOidc {
         true
     }
 
+    /// The token is in the head; the body is only kept if a filter or forwarding needs it.
+    fn reads_body(&self) -> bool {
+        false
+    }
+
     async fn complete(&self, head: &HeaderMap, _body: &[u8]) -> Result<Evidence, Refusal> {
         let token = bearer(head, true)?;
         let issuer = unverified_issuer(token)?;
