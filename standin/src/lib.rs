@@ -291,6 +291,7 @@ impl StandIn {
             failures: Mutex::new(None),
             latency: Mutex::new(Duration::ZERO),
             server_address: Mutex::new(std_listener_addr.to_string()),
+            watch_epoch: tokio::sync::watch::Sender::new(0),
         });
         let server = server::Server::start(addr, state.clone(), pki.server_config)?;
         *lock(&state.server_address) = server.addr().to_string();
@@ -407,6 +408,21 @@ impl StandIn {
     /// Delay added before every answer (after the request body is read).
     pub fn set_latency(&self, d: Duration) {
         *lock(&self.state.latency) = d;
+    }
+
+    /// Ends every open watch the way the apiserver ends one at its
+    /// `timeoutSeconds` or when its watch cache restarts: the stream closes
+    /// cleanly and the client is expected to watch again from the last
+    /// resourceVersion it saw. Connections and the listener stay up.
+    pub fn end_watches(&self) {
+        self.state.watch_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Forgets the event history, as an etcd compaction does: a watch that
+    /// resumes from a resourceVersion older than the current one is answered
+    /// with a 410 Expired ERROR event, and the client has to list again.
+    pub fn compact(&self) {
+        lock(&self.state.store).compact();
     }
 
     /// The current global resourceVersion (etcd's revision).

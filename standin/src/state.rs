@@ -34,6 +34,8 @@ pub(crate) struct State {
     pub latency: Mutex<Duration>,
     /// `host:port` advertised in `/api`.
     pub server_address: Mutex<String>,
+    /// Bumped to end every open watch (see `StandIn::end_watches`).
+    pub watch_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
