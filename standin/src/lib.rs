@@ -224,12 +224,19 @@ fn seed(kinds: &Kinds, store: &mut Store, mut obj: Value) -> Result<Value, Stand
         ));
     }
     let key = ObjKey::new(kind.group, kind.plural, &namespace, &name);
-    if let Some(existing) = store.get(&key).and_then(objects::meta).cloned() {
+    if let Some(existing) = store.get(&key).cloned() {
+        // A replacement is an update: a custom resource's generation moves with its spec.
+        let bump = i64::from(kind.custom && objects::spec_changed(&existing, &obj));
+        let old_meta = objects::meta(&existing).cloned().unwrap_or_default();
         if let Some(m) = objects::meta_mut(&mut obj) {
             for f in ["uid", "creationTimestamp", "generation"] {
                 if !m.contains_key(f) {
-                    if let Some(v) = existing.get(f) {
-                        m.insert(f.to_string(), v.clone());
+                    if let Some(v) = old_meta.get(f) {
+                        let v = match (f, v.as_i64()) {
+                            ("generation", Some(g)) => Value::from(g + bump),
+                            _ => v.clone(),
+                        };
+                        m.insert(f.to_string(), v);
                     }
                 }
             }
@@ -360,7 +367,9 @@ impl StandIn {
     }
 
     /// Creates or replaces an object behind the API's back (watches see it),
-    /// with the same rules as [`Config::object`].
+    /// with the same rules as [`Config::object`]. A replaced custom resource
+    /// keeps its uid, and its generation goes up if its spec changed, as in
+    /// an update through the API.
     ///
     /// # Panics
     /// If the object cannot be stored; see [`try_put_object`](Self::try_put_object).
