@@ -21,6 +21,7 @@ pub enum Cause {
     NotAllowed,
     RateLimited,
     Blocked,
+    Suspended,
 }
 
 impl Cause {
@@ -38,6 +39,7 @@ impl Cause {
             Cause::NotAllowed => "not_allowed",
             Cause::RateLimited => "rate_limited",
             Cause::Blocked => "blocked",
+            Cause::Suspended => "suspended",
         }
     }
 }

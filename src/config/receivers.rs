@@ -37,7 +37,7 @@ impl<T> OneOrMany<T> {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawReceiver {
+pub struct RawReceiver {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -98,6 +98,8 @@ pub struct Receiver {
     pub replay_window: Duration,
     /// Watched for changes: a changed secret reloads the configuration.
     pub secret_files: Vec<PathBuf>,
+    /// Flux's `spec.suspend` (cluster mode): the path answers 503.
+    pub suspended: bool,
     delivery_id_header: Option<String>,
 }
 
@@ -143,6 +145,36 @@ pub(super) fn receiver(
     p: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> Option<Receiver> {
+    build(id, key, r, None, sets, p, warnings)
+}
+
+/// Cluster mode: a receiver from a Flux `Receiver` object whose fields `r` holds under this
+/// file's keys, with its Secret's `token` (as read, nothing trimmed, as Flux uses it) in place
+/// of secret files. `Ok` carries the warnings, `Err` every problem, keyed under `key`.
+pub fn from_token(
+    id: u32,
+    key: &str,
+    r: RawReceiver,
+    token: Option<Secret>,
+    sets: &mut RangeSets,
+) -> Result<(Receiver, Vec<String>), Vec<super::Problem>> {
+    let mut p = Problems::default();
+    let mut warnings = Vec::new();
+    match build(id, key, r, token, sets, &mut p, &mut warnings) {
+        Some(rec) if p.0.is_empty() => Ok((rec, warnings)),
+        _ => Err(p.0),
+    }
+}
+
+fn build(
+    id: u32,
+    key: &str,
+    r: RawReceiver,
+    token: Option<Secret>,
+    sets: &mut RangeSets,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Receiver> {
     let before = p.0.len();
     if r.name.is_empty() {
         p.add(format!("{key}.name"), "missing");
@@ -170,7 +202,10 @@ pub(super) fn receiver(
     };
     let uses_secret = kind.is_none_or(|k| k.uses_secret());
     let secrets = if uses_secret {
-        secrets(key, r.secret_file, r.secret_env, p)
+        match token {
+            Some(t) => vec![t],
+            None => secrets(key, r.secret_file, r.secret_env, p),
+        }
     } else {
         if r.secret_file.is_some() || r.secret_env.is_some() {
             p.add(
@@ -297,6 +332,7 @@ pub(super) fn receiver(
         allow,
         replay_window,
         secret_files,
+        suspended: false,
         delivery_id_header: r.delivery_id_header,
     })
 }
