@@ -1,7 +1,7 @@
 //! The Secrets that Receivers name, read one at a time with GET. A Role limited to named
-//! Secrets (`resourceNames`) allows nothing else (no list, no watch), so a Secret is read when a
-//! Receiver naming it appears or changes, and again every `cluster.secret_refresh` to notice a
-//! new token or a deleted Secret.
+//! Secrets (`resourceNames`) allows no list or watch of them (short of one watch per Secret), so
+//! a Secret is read when a Receiver naming it appears or changes, and again every
+//! `cluster.secret_refresh` to notice a new token or a deleted Secret.
 
 use super::object::SecretData;
 use crate::metrics;

@@ -58,7 +58,7 @@ pub struct ClusterSettings {
     /// Where Receivers are watched, one watch each; `["*"]`: one watch over all namespaces.
     pub namespaces: Vec<String>,
     /// How often the Secrets that Receivers name are read again, to follow rotation and
-    /// deletion (a Role limited to named Secrets cannot watch them).
+    /// deletion (a Role limited to named Secrets cannot list or watch them).
     pub secret_refresh: Duration,
     pub defaults: ReceiverDefaults,
 }
