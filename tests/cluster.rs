@@ -551,3 +551,48 @@ fn check_asks_for_what_cluster_mode_needs() {
     }
     assert!(!out.contains("may list Secrets"), "{out}");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_receivers_it_started_with() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = cluster(
+        &["webhook-token"],
+        vec![
+            token_secret("webhook-token", "t"),
+            github("github-receiver", "webhook-token"),
+        ],
+    );
+    let gw = setup("").start_with(api);
+    wait_ready(&gw).await;
+    served(&gw, "t", "github-receiver").await;
+
+    // A delivery's head, signature included, that asks to continue: the 100 answer says it was
+    // routed and its signature check begun.
+    let path = hook("t", "github-receiver", NS);
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nExpect: 100-continue\r\n"
+    );
+    for (k, v) in signed("t", PUSH, &uid()) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", PUSH.len()));
+    let mut tls = raw_tls(gw.port, &gw.setup.cert_pem).await;
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut interim = [0u8; 25];
+    tls.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+
+    // The Receiver goes away meanwhile: new requests no longer find it...
+    gw.api
+        .delete_object(RECEIVER, "Receiver", NS, "github-receiver");
+    gone(&gw, "t", "github-receiver").await;
+    // ...but the delivery that started before is verified and relayed to the end.
+    tls.write_all(PUSH).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"relayed\":true"), "{answer}");
+}

@@ -35,6 +35,8 @@ impl<T> OneOrMany<T> {
     }
 }
 
+/// One `[[receivers]]` table as written; in cluster mode, a Receiver object's fields under the
+/// same keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawReceiver {
