@@ -69,6 +69,7 @@ impl BackgroundService for ClusterWatch {
             "serving the cluster's Receivers"
         );
         let (tx, mut rx) = mpsc::channel(64);
+        // Dropped when this returns, which stops the watches.
         let mut watches = tokio::task::JoinSet::new();
         for ns in &settings.namespaces {
             watches.spawn(watch::run(streaming.clone(), ns.clone(), tx.clone()));
