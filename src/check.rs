@@ -1,7 +1,8 @@
 //! `fluxgate check`: everything `serve` would need, checked before it is needed, one line per
 //! finding: `ok:`, `warning:` or `problem:`. Any problem makes the exit status non-zero.
 
-use crate::config::Settings;
+use crate::cluster::object::{GROUP, PLURAL};
+use crate::config::{Settings, ALL_NAMESPACES};
 use crate::edge::tls::not_after;
 use crate::relay::kube::{load_config, KubeApi};
 use crate::relay::target::Select;
@@ -61,6 +62,14 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
             rec.kind,
             rec.path,
             rec.targets.len()
+        ));
+    }
+    let c = &settings.cluster;
+    if c.watch_receivers {
+        r.ok(format!(
+            "cluster mode: serving the Receivers in {} (their Secrets read again every {})",
+            c.namespaces.join(", "),
+            humantime::format_duration(c.secret_refresh)
         ));
     }
     if let Some(dir) = &settings.relay.queue_dir {
@@ -172,11 +181,40 @@ async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
             }
         }
     }
+    if s.cluster.watch_receivers {
+        cluster_permissions(s, api, r).await;
+    }
     for ns in namespaces {
         if let Ok(true) = api.can_i("*", "*", "*", &ns, None).await {
             r.warn(format!("the service account may do anything in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
         } else if let Ok(true) = api.can_i("get", "", "secrets", &ns, None).await {
             r.warn(format!("the service account may read Secrets in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+        }
+    }
+}
+
+/// Cluster mode lists and watches Receivers; Secrets it reads one by one, by name, which only
+/// the Receivers tell, so they are checked as they are read (a 403 is logged).
+async fn cluster_permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
+    for ns in &s.cluster.namespaces {
+        let (scope, shown) = if ns == ALL_NAMESPACES {
+            ("", "all namespaces")
+        } else {
+            (ns.as_str(), ns.as_str())
+        };
+        for verb in ["list", "watch"] {
+            match api.can_i(verb, GROUP, PLURAL, scope, None).await {
+                Ok(true) => r.ok(format!("cluster mode: may {verb} Receivers in {shown}")),
+                Ok(false) => r.problem(format!(
+                    "cluster mode: the service account may not {verb} {PLURAL}.{GROUP} in {shown}; see deploy/cluster-mode/"
+                )),
+                Err(e) => r.problem(format!(
+                    "cluster mode: cannot review {verb} on Receivers in {shown}: {e}"
+                )),
+            }
+        }
+        if let Ok(true) = api.can_i("list", "", "secrets", scope, None).await {
+            r.warn(format!("the service account may list Secrets in {shown}; cluster mode needs only get on the Secrets the Receivers name"));
         }
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! The modules follow one delivery: configuration is loaded once ([`config`]), the edge accepts
 //! TLS and routes the request ([`edge`]), the receiver's verifier checks it ([`verify`]), and the
-//! relay asks the Kubernetes API to reconcile the targets ([`relay`]).
+//! relay asks the Kubernetes API to reconcile the targets ([`relay`]). In cluster mode, Flux's
+//! own `Receiver` objects become receivers too ([`cluster`]).
 
 #![forbid(unsafe_code)]
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod edge;

@@ -32,6 +32,13 @@ pub struct Metrics {
     pub last_reload_success: Gauge,
     pub last_reload_successful: IntGauge,
     pub certificate_expiry: Gauge,
+    /// Cluster mode: whether each namespace's Receiver watch is listed and streaming.
+    pub cluster_watch_up: IntGaugeVec,
+    pub cluster_watch_failures: IntCounterVec,
+    /// Cluster mode: Receiver objects by state (served, suspended, skipped).
+    pub cluster_receivers: IntGaugeVec,
+    /// Cluster mode: GETs of the Secrets Receivers name, by result.
+    pub cluster_secret_reads: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -121,6 +128,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
         certificate_expiry: register_gauge!(
             "fluxgate_tls_certificate_expiry_timestamp_seconds",
             "When the served certificate expires (notAfter, Unix time)."
+        )?,
+        cluster_watch_up: register_int_gauge_vec!(
+            "fluxgate_cluster_watch_up",
+            "1 while the namespace's Receivers are listed and watched, 0 after a failure until they are listed again.",
+            &["namespace"]
+        )?,
+        cluster_watch_failures: register_int_counter_vec!(
+            "fluxgate_cluster_watch_failures_total",
+            "Failures of the Receiver watch (list, watch or stream), by namespace.",
+            &["namespace"]
+        )?,
+        cluster_receivers: register_int_gauge_vec!(
+            "fluxgate_cluster_receivers",
+            "Receiver objects by state: served, suspended (answered 503), skipped (invalid, or no usable Secret).",
+            &["state"]
+        )?,
+        cluster_secret_reads: register_int_counter_vec!(
+            "fluxgate_cluster_secret_reads_total",
+            "GETs of the Secrets that Receivers name, by result (ok, not_found, forbidden, failed).",
+            &["result"]
         )?,
     })
 }

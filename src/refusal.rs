@@ -23,6 +23,7 @@ pub enum Cause {
     Blocked,
     /// A token issuer's signing keys could not be fetched: the provider should retry.
     KeysUnavailable,
+    Suspended,
 }
 
 impl Cause {
@@ -41,6 +42,7 @@ impl Cause {
             Cause::RateLimited => "rate_limited",
             Cause::Blocked => "blocked",
             Cause::KeysUnavailable => "keys_unavailable",
+            Cause::Suspended => "suspended",
         }
     }
 }

@@ -6,6 +6,8 @@
 //! The parts that need kubectl print a note and pass when it is not installed (`KUBECTL`
 //! chooses the binary, as it does for the script).
 
+mod common;
+
 use kube_standin::{Config, Rule, StandIn};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -260,26 +262,161 @@ fn kustomization_renders_least_privilege() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// deploy/kubeconfig.sh against the stand-in API
+// deploy/cluster-mode: the optional component for serving Receiver objects
 
-/// The rules of `deploy/role.yaml`, as the stand-in's RBAC bound in flux-system (what the
-/// RoleBinding does).
-fn role_rules() -> Vec<Rule> {
-    let role: Value = serde_saphyr::from_str(&read_deploy("role.yaml")).unwrap();
-    role["rules"]
-        .as_array()
+/// The switch in deploy/kustomization.yaml, as shipped (commented out) and as the comment
+/// above it says to turn it on.
+const COMPONENT_OFF: &str = "# components:\n#   - cluster-mode\n";
+const COMPONENT_ON: &str = "components:\n  - cluster-mode\n";
+
+#[test]
+fn cluster_mode_component_lists_its_manifests_and_is_off_by_default() {
+    let k: Value = serde_saphyr::from_str(&read_deploy("cluster-mode/kustomization.yaml")).unwrap();
+    assert_eq!(k["kind"], "Component");
+    let listed: BTreeSet<String> = str_list(&k["resources"]).into_iter().collect();
+    let present: BTreeSet<String> = std::fs::read_dir(deploy_dir().join("cluster-mode"))
         .unwrap()
-        .iter()
-        .map(|r| {
-            let (v, g, res) = (
-                str_list(&r["verbs"]),
-                str_list(&r["apiGroups"]),
-                str_list(&r["resources"]),
-            );
-            Rule::new(&refs(&v), &refs(&g), &refs(&res)).in_namespaces(&[NS])
-        })
-        .collect()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    assert!(read_deploy("kustomization.yaml").contains(COMPONENT_OFF));
 }
+
+/// deploy/ copied with the cluster-mode switch turned on, rendered by `kubectl kustomize`.
+fn render_with_cluster_mode(kubectl: &str) -> Vec<Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    std::fs::create_dir_all(copy.join("cluster-mode")).unwrap();
+    for dir in ["", "cluster-mode"] {
+        for e in std::fs::read_dir(deploy_dir().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                std::fs::copy(&p, copy.join(dir).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let k = read_deploy("kustomization.yaml").replace(COMPONENT_OFF, COMPONENT_ON);
+    std::fs::write(copy.join("kustomization.yaml"), k).unwrap();
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(&copy)
+        .env("HOME", tmp.path())
+        .env("KUBECACHEDIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        describe(&out)
+    );
+    serde_saphyr::from_multiple(&text(&out.stdout)).unwrap()
+}
+
+#[test]
+fn cluster_mode_renders_least_privilege() {
+    let Some(kubectl) = kubectl("cluster_mode_renders_least_privilege") else {
+        return;
+    };
+    let docs = render_with_cluster_mode(&kubectl);
+    assert_eq!(docs.len(), 6, "{docs:#?}");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], NS, "{d}");
+        assert_eq!(
+            d["metadata"]["labels"]["app.kubernetes.io/name"], "fluxgate",
+            "{d}"
+        );
+    }
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    // The default Role is unchanged by the component.
+    let base: Value = serde_saphyr::from_str(&read_deploy("role.yaml")).unwrap();
+    assert_eq!(named("Role", "fluxgate")["rules"], base["rules"]);
+
+    let role = named("Role", "fluxgate-receivers");
+    let mut strings = Vec::new();
+    all_strings(&role["rules"], &mut strings);
+    assert!(strings.iter().all(|s| !s.contains('*')), "{strings:?}");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(
+        rules[0],
+        json!({"apiGroups": ["notification.toolkit.fluxcd.io"], "resources": ["receivers"],
+               "verbs": ["get", "list", "watch"]})
+    );
+    let secrets = &rules[1];
+    assert_eq!(secrets["apiGroups"], json!([""]));
+    assert_eq!(secrets["resources"], json!(["secrets"]));
+    // Only get, and only on named Secrets: resourceNames cannot grant list or watch anyway.
+    assert_eq!(secrets["verbs"], json!(["get"]));
+    assert!(!str_list(&secrets["resourceNames"]).is_empty(), "{secrets}");
+
+    let binding = named("RoleBinding", "fluxgate-receivers");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fluxgate-receivers"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "fluxgate", "namespace": NS}])
+    );
+}
+
+#[test]
+fn cluster_mode_role_grants_what_fluxgate_reads_and_no_more() {
+    let Some(kubectl) = kubectl("cluster_mode_role_grants_what_fluxgate_reads_and_no_more") else {
+        return;
+    };
+    let mut cfg = Config::new()
+        .user(ADMIN_TOKEN, ADMIN_USER)
+        .user(SA_TOKEN, SA_USER);
+    for file in ["role.yaml", "cluster-mode/role.yaml"] {
+        for rule in common::deploy_role_rules(file, NS) {
+            cfg = cfg.allow(SA_USER, rule);
+        }
+    }
+    let api = StandIn::start(cfg).unwrap();
+    let ws = Workspace::new(&api, kubectl);
+    let kubeconfig = ws.path("fluxgate.kubeconfig");
+    api.write_kubeconfig(&kubeconfig, SA_TOKEN).unwrap();
+    let can = |args: &[&str]| ws.can_i(&kubeconfig, args);
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            can(&[verb, "receivers.notification.toolkit.fluxcd.io", "-n", NS]),
+            "{verb}"
+        );
+    }
+    for verb in ["create", "update", "patch", "delete"] {
+        assert!(
+            !can(&[verb, "receivers.notification.toolkit.fluxcd.io", "-n", NS]),
+            "{verb}"
+        );
+    }
+    assert!(!can(&[
+        "patch",
+        "receivers.notification.toolkit.fluxcd.io/status",
+        "-n",
+        NS
+    ]));
+    assert!(!can(&[
+        "list",
+        "receivers.notification.toolkit.fluxcd.io",
+        "-n",
+        "apps"
+    ]));
+    assert!(can(&["get", "secret/webhook-token", "-n", NS]));
+    assert!(!can(&["get", "secret/fluxgate-token", "-n", NS]));
+    for verb in ["list", "watch"] {
+        assert!(!can(&[verb, "secrets", "-n", NS]), "{verb} secrets");
+    }
+    assert!(!can(&["update", "secret/webhook-token", "-n", NS]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy/kubeconfig.sh against the stand-in API
 
 fn git_repository(name: &str, namespace: &str) -> Value {
     json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
@@ -303,10 +440,6 @@ fn token_secret(api: &StandIn, filled: bool) -> Value {
     s
 }
 
-fn refs(l: &[String]) -> Vec<&str> {
-    l.iter().map(|s| s.as_str()).collect()
-}
-
 /// A stand-in cluster after `kubectl apply -k deploy/`: an admin who may do everything, the
 /// service account with the Role's rules, and some Flux objects.
 fn cluster() -> StandIn {
@@ -319,7 +452,7 @@ fn cluster() -> StandIn {
         .object(json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "webhook-token", "namespace": NS},
             "data": {"token": b64(b"receiver-token")}}));
-    for rule in role_rules() {
+    for rule in common::deploy_role_rules("role.yaml", NS) {
         cfg = cfg.allow(SA_USER, rule);
     }
     StandIn::start(cfg).unwrap()

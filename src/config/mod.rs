@@ -2,12 +2,14 @@
 //! from the environment as `FLUXGATE__SECTION__KEY`. Loading validates everything a delivery
 //! will need, so a mistake stops start-up with the key and the reason instead of failing later.
 
+mod cluster;
 mod defences;
 mod receivers;
 mod relay;
 
+pub use cluster::{ClusterSettings, ReceiverDefaults, ALL_NAMESPACES};
 pub use defences::LimitSettings;
-pub use receivers::Receiver;
+pub use receivers::{from_token, RawReceiver, Receiver, Rules};
 pub use relay::RelaySettings;
 
 use crate::edge::tls::CertifiedKey;
@@ -37,6 +39,8 @@ struct RawConfig {
     limits: defences::RawLimits,
     #[serde(default)]
     ranges: HashMap<String, defences::RawRange>,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
     #[serde(default)]
     receivers: Vec<receivers::RawReceiver>,
 }
@@ -81,6 +85,7 @@ pub struct Settings {
     /// Named range sets in use, refreshed in the background when they have a source.
     pub ranges: RangeSets,
     pub receivers: Vec<Arc<Receiver>>,
+    pub cluster: ClusterSettings,
     /// Things that work but are probably not what was meant.
     pub warnings: Vec<String>,
 }
@@ -199,6 +204,11 @@ impl Settings {
         }
         if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
             d.push("relay");
+        }
+        if self.cluster.watch_receivers != new.cluster.watch_receivers
+            || self.cluster.namespaces != new.cluster.namespaces
+        {
+            d.push("cluster.watch_receivers/namespaces");
         }
         d
     }
@@ -416,11 +426,15 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let relay = relay::relay(raw.relay, &mut p);
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
+    let mut cluster = cluster::cluster(raw.cluster, &mut ranges, &mut p);
+    cluster.defaults.rules = Rules {
+        no_cross_namespace_refs,
+    };
 
-    if raw.receivers.is_empty() {
+    if raw.receivers.is_empty() && !cluster.watch_receivers {
         p.add(
             "receivers",
-            "none configured; add at least one [[receivers]] table",
+            "none configured; add at least one [[receivers]] table, or serve the cluster's Receivers ([cluster] watch_receivers = true)",
         );
     }
     let mut receivers: Vec<Arc<Receiver>> = Vec::new();
@@ -508,6 +522,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 limits,
                 ranges,
                 receivers,
+                cluster,
                 warnings,
             })
         }

@@ -35,9 +35,11 @@ impl<T> OneOrMany<T> {
     }
 }
 
+/// One `[[receivers]]` table as written; in cluster mode, a Receiver object's fields under the
+/// same keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawReceiver {
+pub struct RawReceiver {
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -98,6 +100,8 @@ pub struct Receiver {
     pub replay_window: Duration,
     /// Watched for changes: a changed secret reloads the configuration.
     pub secret_files: Vec<PathBuf>,
+    /// Flux's `spec.suspend` (cluster mode): the path answers 503.
+    pub suspended: bool,
     delivery_id_header: Option<String>,
 }
 
@@ -136,8 +140,8 @@ impl Receiver {
 }
 
 /// Settings outside `[[receivers]]` that decide whether a receiver is valid.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Rules {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
     /// `kubernetes.no_cross_namespace_refs`: targets must be in the receiver's namespace.
     pub no_cross_namespace_refs: bool,
 }
@@ -146,6 +150,38 @@ pub(super) fn receiver(
     id: u32,
     key: &str,
     r: RawReceiver,
+    rules: Rules,
+    sets: &mut RangeSets,
+    p: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<Receiver> {
+    build(id, key, r, None, rules, sets, p, warnings)
+}
+
+/// Cluster mode: a receiver from a Flux `Receiver` object whose fields `r` holds under this
+/// file's keys, with its Secret's `token` (as read, nothing trimmed, as Flux uses it) in place
+/// of secret files. `Ok` carries the warnings, `Err` every problem, keyed under `key`.
+pub fn from_token(
+    id: u32,
+    key: &str,
+    r: RawReceiver,
+    token: Option<Secret>,
+    rules: Rules,
+    sets: &mut RangeSets,
+) -> Result<(Receiver, Vec<String>), Vec<super::Problem>> {
+    let mut p = Problems::default();
+    let mut warnings = Vec::new();
+    match build(id, key, r, token, rules, sets, &mut p, &mut warnings) {
+        Some(rec) if p.0.is_empty() => Ok((rec, warnings)),
+        _ => Err(p.0),
+    }
+}
+
+fn build(
+    id: u32,
+    key: &str,
+    r: RawReceiver,
+    token: Option<Secret>,
     rules: Rules,
     sets: &mut RangeSets,
     p: &mut Problems,
@@ -188,7 +224,10 @@ pub(super) fn receiver(
                 warnings.push(format!("{k}: {w}"));
             }
         }
-        secrets(key, r.secret_file, r.secret_env, p)
+        match token {
+            Some(t) => vec![t],
+            None => secrets(key, r.secret_file, r.secret_env, p),
+        }
     } else {
         if r.secret_file.is_some() || r.secret_env.is_some() {
             p.add(
@@ -364,6 +403,7 @@ pub(super) fn receiver(
         allow,
         replay_window,
         secret_files,
+        suspended: false,
         delivery_id_header: r.delivery_id_header,
     })
 }

@@ -1,5 +1,6 @@
 //! The private admin listener: liveness, readiness and metrics.
 
+use crate::cluster::status::WatchStatus;
 use crate::relay::Relay;
 use async_trait::async_trait;
 use http::Response;
@@ -9,19 +10,26 @@ use std::sync::Arc;
 
 pub struct AdminApp {
     relay: Arc<Relay>,
+    /// Cluster mode's Receiver watches.
+    cluster: Option<Arc<WatchStatus>>,
 }
 
 impl AdminApp {
-    pub fn new(relay: Arc<Relay>) -> Self {
-        AdminApp { relay }
+    pub fn new(relay: Arc<Relay>, cluster: Option<Arc<WatchStatus>>) -> Self {
+        AdminApp { relay, cluster }
     }
 
     /// Ready means the API server answers an authenticated request with our credentials:
-    /// without that, every delivery would fail.
+    /// without that, every delivery would fail. In cluster mode, also that every watched
+    /// namespace's Receivers were listed once: until then their paths are unknown.
     async fn ready(&self) -> (u16, String) {
-        match super::maintenance::check_api(self.relay.api()).await {
-            Ok(()) => (200, "ready".into()),
-            Err(e) => (503, format!("not ready: {e}")),
+        let cluster = self.cluster.as_ref().map_or(Ok(()), |c| c.ready());
+        match (
+            super::maintenance::check_api(self.relay.api()).await,
+            cluster,
+        ) {
+            (Ok(()), Ok(())) => (200, "ready".into()),
+            (Err(e), _) | (_, Err(e)) => (503, format!("not ready: {e}")),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The life cycle of one request on the public listener: head under a deadline, client
-//! address, penalty box, rate, route, allow-list, method, size, verification while the body
-//! streams in, event filter, per-receiver rate, replay check, relay, answer.
+//! address, penalty box, rate, route, allow-list, suspension, method, size, verification while
+//! the body streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
 use super::live::{Live, Runtime};
@@ -181,6 +181,13 @@ impl HookApp {
                 403,
                 Cause::NotAllowed,
                 format!("source address {client} is not allowed for this receiver"),
+            ));
+        }
+        if receiver.suspended {
+            return Answer::refused(&Refusal::new(
+                503,
+                Cause::Suspended,
+                "receiver is suspended (spec.suspend)",
             ));
         }
         if req.method != Method::POST {

@@ -1,17 +1,20 @@
-//! The configuration in force, swapped atomically on reload (SIGHUP or a changed file).
-//! Listeners, threads, the queue and the cluster connection are fixed at start; receivers,
-//! secrets, allow-lists, limits and the certificate follow the files.
+//! The configuration in force, swapped atomically on reload (SIGHUP or a changed file) and
+//! whenever the cluster's Receivers change (cluster mode). Listeners, threads, the queue and the
+//! cluster connection are fixed at start; receivers, secrets, allow-lists, limits and the
+//! certificate follow the files. The receivers served are the file's, then the cluster's that
+//! clash with none of them; the cluster's are kept across reloads.
 
 use super::hook::Limits;
 use super::routes::Routes;
 use super::tls::CertResolver;
-use crate::config::{Receiver, Settings};
-use crate::guard::ranges::RangeSet;
+use crate::config::{ClusterSettings, Receiver, Settings};
+use crate::guard::ranges::{RangeSet, RangeSets};
 use crate::guard::Guard;
 use crate::metrics;
 use arc_swap::ArcSwap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 /// What one configuration means for requests.
@@ -24,10 +27,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    fn new(s: &Settings, guard: Arc<Guard>) -> Self {
+    fn new(s: &Settings, guard: Arc<Guard>, cluster: &mut ClusterReceivers) -> Self {
+        let receivers = cluster.merge(&s.receivers);
         Runtime {
-            routes: Routes::new(&s.receivers),
-            receivers: s.receivers.clone(),
+            routes: Routes::new(&receivers),
+            receivers,
             guard,
             limits: Limits {
                 max_body_bytes: s.server.max_body_bytes,
@@ -40,6 +44,41 @@ impl Runtime {
     }
 }
 
+/// The receivers built from the cluster's Receiver objects.
+#[derive(Default)]
+struct ClusterReceivers {
+    receivers: Vec<Arc<Receiver>>,
+    /// Those a file receiver shadows, already warned about.
+    shadowed: HashSet<String>,
+}
+
+impl ClusterReceivers {
+    /// The file's receivers, then the cluster's with a path and a namespace/name of their own:
+    /// the file is the operator's explicit choice, so it wins a clash.
+    fn merge(&mut self, file: &[Arc<Receiver>]) -> Vec<Arc<Receiver>> {
+        let paths: HashSet<&str> = file.iter().map(|r| r.path.as_str()).collect();
+        let labels: HashSet<&str> = file.iter().map(|r| r.label.as_str()).collect();
+        let mut out = file.to_vec();
+        let mut shadowed = HashSet::new();
+        for r in &self.receivers {
+            let clash = if paths.contains(r.path.as_str()) {
+                "hook path"
+            } else if labels.contains(r.label.as_str()) {
+                "namespace and name"
+            } else {
+                out.push(r.clone());
+                continue;
+            };
+            if !self.shadowed.contains(&r.label) {
+                tracing::warn!(receiver = %r.label, "the Receiver object {} is not served: a receiver in the configuration file has the same {clash}, and the file wins", r.label);
+            }
+            shadowed.insert(r.label.clone());
+        }
+        self.shadowed = shadowed;
+        out
+    }
+}
+
 pub struct Live {
     current: ArcSwap<Runtime>,
     config_path: PathBuf,
@@ -48,6 +87,15 @@ pub struct Live {
     loaded: Mutex<(Settings, Vec<PathBuf>)>,
     /// Modification times of the watched files at the last load.
     stamps: Mutex<Vec<Option<SystemTime>>>,
+    /// Locked after `loaded` when both are needed.
+    cluster: Mutex<ClusterReceivers>,
+    /// Counts successful reloads, for the cluster watch to apply new defaults.
+    reloads: tokio::sync::watch::Sender<u64>,
+}
+
+/// A lock whose holder panicked still guards consistent data: every update here is one store.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
@@ -63,7 +111,8 @@ impl Live {
             &settings.limits,
             settings.server.trusted_proxies.clone(),
         ));
-        let runtime = Runtime::new(&settings, guard);
+        let mut cluster = ClusterReceivers::default();
+        let runtime = Runtime::new(&settings, guard, &mut cluster);
         let mut files = vec![config_path.to_path_buf()];
         files.extend(settings.watched_files());
         set_certificate_expiry(&settings);
@@ -76,7 +125,32 @@ impl Live {
             resolver,
             stamps: Mutex::new(stamps(&files)),
             loaded: Mutex::new((settings, files)),
+            cluster: Mutex::new(cluster),
+            reloads: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Serves these receivers from the cluster from now on, besides the file's. Requests in
+    /// flight keep the configuration they started with.
+    pub fn set_cluster(&self, receivers: Vec<Arc<Receiver>>) {
+        let loaded = lock(&self.loaded);
+        let mut cluster = lock(&self.cluster);
+        metrics::init_series(&receivers, &[]);
+        cluster.receivers = receivers;
+        let guard = self.get().guard.clone();
+        self.current
+            .store(Arc::new(Runtime::new(&loaded.0, guard, &mut cluster)));
+    }
+
+    /// What the cluster watch builds receivers with: `[cluster]` and the range sets in use.
+    pub fn cluster_inputs(&self) -> (ClusterSettings, RangeSets) {
+        let loaded = lock(&self.loaded);
+        (loaded.0.cluster.clone(), loaded.0.ranges.clone())
+    }
+
+    /// Changes after every successful reload.
+    pub fn subscribe_reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     pub fn get(&self) -> Arc<Runtime> {
@@ -96,10 +170,7 @@ impl Live {
         let m = metrics::get();
         match Settings::load(&self.config_path) {
             Ok(new) => {
-                let mut loaded = match self.loaded.lock() {
-                    Ok(l) => l,
-                    Err(p) => p.into_inner(),
-                };
+                let mut loaded = lock(&self.loaded);
                 for key in loaded.0.fixed_differences(&new) {
                     tracing::warn!("{key} changed: restart fluxgate to apply it (`fluxgate serve -u` for no downtime)");
                 }
@@ -111,7 +182,8 @@ impl Live {
                 self.resolver.replace(new.server.certified_key.clone());
                 set_certificate_expiry(&new);
                 init_series(&new);
-                self.current.store(Arc::new(Runtime::new(&new, guard)));
+                let runtime = Runtime::new(&new, guard, &mut lock(&self.cluster));
+                self.current.store(Arc::new(runtime));
                 let mut files = vec![self.config_path.clone()];
                 files.extend(new.watched_files());
                 if let Ok(mut s) = self.stamps.lock() {
@@ -126,6 +198,8 @@ impl Live {
                     "configuration reloaded"
                 );
                 *loaded = (new, files);
+                drop(loaded);
+                self.reloads.send_modify(|n| *n += 1);
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 m.last_reload_success.set(unix_now());
                 m.last_reload_successful.set(1);

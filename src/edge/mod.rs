@@ -10,6 +10,8 @@ pub mod routes;
 pub mod tls;
 pub mod tls_stream;
 
+use crate::cluster::status::WatchStatus;
+use crate::cluster::ClusterWatch;
 use crate::config::Settings;
 use crate::relay::job::Job;
 use crate::relay::kube::KubeApi;
@@ -94,6 +96,12 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     let watch_interval = settings.server.watch_interval;
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
 
+    let cluster = settings.cluster.watch_receivers.then(|| {
+        (
+            kube.clone(),
+            Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
+        )
+    });
     let api = Arc::new(KubeApi::new(kube));
     let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
     let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
@@ -127,11 +135,24 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
 
     let mut admin = Service::new(
         "fluxgate admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(relay)),
+        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(
+            relay,
+            cluster.as_ref().map(|c| c.1.clone()),
+        )),
     );
     admin.threads = Some(1);
     admin.add_tcp(&admin_listen.to_string());
 
+    if let Some((kube, status)) = cluster {
+        server.add_service(background_service(
+            "fluxgate cluster",
+            ClusterWatch {
+                live: live.clone(),
+                kube,
+                status,
+            },
+        ));
+    }
     let maintenance = background_service(
         "fluxgate maintenance",
         maintenance::Maintenance {

@@ -28,6 +28,7 @@ const NBF_LEEWAY: Duration = Duration::from_secs(5 * 60);
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     #[serde(default)]
+    #[serde(alias = "issuerURL")]
     pub issuer_url: String,
     /// Default: `notification-controller`.
     pub audience: Option<String>,

@@ -247,12 +247,19 @@ fn seed(kinds: &Kinds, store: &mut Store, mut obj: Value) -> Result<Value, Stand
         ));
     }
     let key = ObjKey::new(kind.group, kind.plural, &namespace, &name);
-    if let Some(existing) = store.get(&key).and_then(objects::meta).cloned() {
+    if let Some(existing) = store.get(&key).cloned() {
+        // A replacement is an update: a custom resource's generation moves with its spec.
+        let bump = i64::from(kind.custom && objects::spec_changed(&existing, &obj));
+        let old_meta = objects::meta(&existing).cloned().unwrap_or_default();
         if let Some(m) = objects::meta_mut(&mut obj) {
             for f in ["uid", "creationTimestamp", "generation"] {
                 if !m.contains_key(f) {
-                    if let Some(v) = existing.get(f) {
-                        m.insert(f.to_string(), v.clone());
+                    if let Some(v) = old_meta.get(f) {
+                        let v = match (f, v.as_i64()) {
+                            ("generation", Some(g)) => Value::from(g + bump),
+                            _ => v.clone(),
+                        };
+                        m.insert(f.to_string(), v);
                     }
                 }
             }
@@ -315,6 +322,7 @@ impl StandIn {
             latency: Mutex::new(Duration::ZERO),
             server_address: Mutex::new(std_listener_addr.to_string()),
             services: Mutex::new(cfg.services),
+            watch_epoch: tokio::sync::watch::Sender::new(0),
         });
         let server = server::Server::start(addr, state.clone(), pki.server_config)?;
         *lock(&state.server_address) = server.addr().to_string();
@@ -386,7 +394,9 @@ impl StandIn {
     }
 
     /// Creates or replaces an object behind the API's back (watches see it),
-    /// with the same rules as [`Config::object`].
+    /// with the same rules as [`Config::object`]. A replaced custom resource
+    /// keeps its uid, and its generation goes up if its spec changed, as in
+    /// an update through the API.
     ///
     /// # Panics
     /// If the object cannot be stored; see [`try_put_object`](Self::try_put_object).
@@ -434,6 +444,21 @@ impl StandIn {
     /// Delay added before every answer (after the request body is read).
     pub fn set_latency(&self, d: Duration) {
         *lock(&self.state.latency) = d;
+    }
+
+    /// Ends every open watch the way the apiserver ends one at its
+    /// `timeoutSeconds` or when its watch cache restarts: the stream closes
+    /// cleanly and the client is expected to watch again from the last
+    /// resourceVersion it saw. Connections and the listener stay up.
+    pub fn end_watches(&self) {
+        self.state.watch_epoch.send_modify(|e| *e += 1);
+    }
+
+    /// Forgets the event history, as an etcd compaction does: a watch that
+    /// resumes from a resourceVersion older than the current one is answered
+    /// with a 410 Expired ERROR event, and the client has to list again.
+    pub fn compact(&self) {
+        lock(&self.state.store).compact();
     }
 
     /// The current global resourceVersion (etcd's revision).

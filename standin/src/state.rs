@@ -36,6 +36,8 @@ pub(crate) struct State {
     pub server_address: Mutex<String>,
     /// Ports of Services the service proxy can reach.
     pub services: Mutex<Vec<crate::proxy::ServicePort>>,
+    /// Bumped to end every open watch (see `StandIn::end_watches`).
+    pub watch_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {

@@ -155,6 +155,11 @@ impl Store {
         self.tx.subscribe()
     }
 
+    /// Drops the event history (an etcd compaction up to the current revision).
+    pub fn compact(&mut self) {
+        self.history.clear();
+    }
+
     /// Events after `rv`, or `Err(oldest_available)` when history no longer
     /// reaches back that far.
     pub fn events_since(&self, rv: u64) -> Result<Vec<Event>, u64> {

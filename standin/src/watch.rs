@@ -219,8 +219,9 @@ pub(crate) fn serve(
     };
 
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
+    let ended = state.watch_epoch.subscribe();
     tokio::spawn(produce(
-        filter, initial, rx, live, bookmarks, timeout, current_rv, tx,
+        filter, initial, rx, live, bookmarks, timeout, current_rv, tx, ended,
     ));
     Ok(Reply {
         status: 200,
@@ -240,6 +241,7 @@ async fn produce(
     timeout: Duration,
     mut last_rv: u64,
     tx: mpsc::Sender<Bytes>,
+    mut ended: tokio::sync::watch::Receiver<u64>,
 ) {
     for line in initial {
         if tx.send(line).await.is_err() {
@@ -256,6 +258,7 @@ async fn produce(
     loop {
         tokio::select! {
             _ = &mut deadline => return,
+            _ = ended.changed() => return,
             _ = tx.closed() => return,
             _ = tick.tick(), if bookmarks => {
                 if tx.send(filter.bookmark(last_rv, false)).await.is_err() {

@@ -62,6 +62,40 @@ pub fn flux_objects() -> Vec<serde_json::Value> {
     ]
 }
 
+/// The rules of a Role in `deploy/` (`role.yaml`, `cluster-mode/role.yaml`) as the stand-in's
+/// RBAC, bound in `namespace` as its RoleBinding does.
+pub fn deploy_role_rules(file: &str, namespace: &str) -> Vec<Rule> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("deploy/{file}: {e}"));
+    let role: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    fn refs(l: &[String]) -> Vec<&str> {
+        l.iter().map(|s| s.as_str()).collect()
+    }
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (v, g, res, names) = (
+                list(&r["verbs"]),
+                list(&r["apiGroups"]),
+                list(&r["resources"]),
+                list(&r["resourceNames"]),
+            );
+            Rule::new(&refs(&v), &refs(&g), &refs(&res))
+                .in_namespaces(&[namespace])
+                .names(&refs(&names))
+        })
+        .collect()
+}
+
 /// The service account's RBAC: get/list/patch on sources and kustomizations in flux-system only.
 pub fn api_config() -> ApiConfig {
     let mut c = ApiConfig::new().user(SA_TOKEN, SA_USER).allow(

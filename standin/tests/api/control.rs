@@ -196,6 +196,15 @@ fn works_from_a_plain_test_and_objects_can_be_put_and_deleted() {
         api.object("v1", "Namespace", "", "new-ns").is_some(),
         "namespace created"
     );
+    // Replacing it is an update: same uid, and the generation follows the spec only.
+    let mut changed = gitrepo("extra", "new-ns", json!({"app": "y"}));
+    let relabelled = api.try_put_object(changed.clone()).unwrap();
+    assert_eq!(relabelled["metadata"]["generation"], 1);
+    assert_eq!(relabelled["metadata"]["uid"], v["metadata"]["uid"]);
+    changed["spec"]["interval"] = json!("5m");
+    let respecced = api.try_put_object(changed).unwrap();
+    assert_eq!(respecced["metadata"]["generation"], 2);
+    assert_eq!(respecced["metadata"]["uid"], v["metadata"]["uid"]);
     api.delete_object(
         "source.toolkit.fluxcd.io/v1",
         "GitRepository",

@@ -158,3 +158,56 @@ async fn watch_resumes_from_a_resource_version() {
         "true"
     );
 }
+
+#[tokio::test]
+async fn ended_watches_resume_until_history_is_compacted() {
+    let fx = Fixture::new();
+    let (_, list) = fx.get(GITREPOS, TOKEN).await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let watch = |rv: String| {
+        fx.req(
+            Method::GET,
+            &format!("{GITREPOS}?watch=true&resourceVersion={rv}"),
+            Some(TOKEN),
+        )
+        .send()
+    };
+    let mut resp = watch(rv.clone()).await.unwrap();
+    fx.api.end_watches();
+    // The stream ends cleanly, as at the apiserver's timeoutSeconds.
+    let end = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .expect("the watch ends within 5s");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    // A change while nobody watches is replayed to the next watch from the same version.
+    fx.patch(
+        &format!("{GITREPOS}/db"),
+        TOKEN,
+        MERGE,
+        r#"{"metadata":{"annotations":{"x":"2"}}}"#,
+    )
+    .await;
+    let mut resp = watch(rv.clone()).await.unwrap();
+    let mut buf = Vec::new();
+    let evs = next_events(&mut resp, &mut buf, 1).await;
+    assert_eq!(evs[0]["type"], "MODIFIED");
+    assert_eq!(evs[0]["object"]["metadata"]["name"], "db");
+
+    // After a compaction the same watch is told to list again.
+    fx.api.compact();
+    let mut resp = watch(rv).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut buf = Vec::new();
+    let evs = next_events(&mut resp, &mut buf, 1).await;
+    assert_eq!(evs[0]["type"], "ERROR");
+    assert_eq!(evs[0]["object"]["code"], 410);
+    assert_eq!(evs[0]["object"]["reason"], "Expired");
+    // A watch from the current version is unaffected.
+    let now = fx.api.resource_version().to_string();
+    let resp = watch(now).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
