@@ -417,6 +417,7 @@ mod tests {
             replay_window: Some("1m".into()),
             delivery_id_header: Some("X-Delivery".into()),
             jwks: None,
+            rules: Default::default(),
         };
         let (r, _) =
             build_with(&github(json!({})), Some(Ok(&data(Some(b"t")))), &defaults).unwrap();

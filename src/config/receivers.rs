@@ -146,6 +146,13 @@ pub struct Rules {
     pub no_cross_namespace_refs: bool,
 }
 
+/// What comes with a receiver's table from outside it.
+struct Given {
+    /// Cluster mode: the Secret's token, in place of secret files.
+    token: Option<Secret>,
+    rules: Rules,
+}
+
 pub(super) fn receiver(
     id: u32,
     key: &str,
@@ -155,7 +162,8 @@ pub(super) fn receiver(
     p: &mut Problems,
     warnings: &mut Vec<String>,
 ) -> Option<Receiver> {
-    build(id, key, r, None, rules, sets, p, warnings)
+    let given = Given { token: None, rules };
+    build(id, key, r, given, sets, p, warnings)
 }
 
 /// Cluster mode: a receiver from a Flux `Receiver` object whose fields `r` holds under this
@@ -171,7 +179,8 @@ pub fn from_token(
 ) -> Result<(Receiver, Vec<String>), Vec<super::Problem>> {
     let mut p = Problems::default();
     let mut warnings = Vec::new();
-    match build(id, key, r, token, rules, sets, &mut p, &mut warnings) {
+    let given = Given { token, rules };
+    match build(id, key, r, given, sets, &mut p, &mut warnings) {
         Some(rec) if p.0.is_empty() => Ok((rec, warnings)),
         _ => Err(p.0),
     }
@@ -181,8 +190,7 @@ fn build(
     id: u32,
     key: &str,
     r: RawReceiver,
-    token: Option<Secret>,
-    rules: Rules,
+    given: Given,
     sets: &mut RangeSets,
     p: &mut Problems,
     warnings: &mut Vec<String>,
@@ -224,7 +232,7 @@ fn build(
                 warnings.push(format!("{k}: {w}"));
             }
         }
-        match token {
+        match given.token {
             Some(t) => vec![t],
             None => secrets(key, r.secret_file, r.secret_env, p),
         }
@@ -307,7 +315,7 @@ fn build(
         match Target::resolve(spec, &r.namespace) {
             // As Flux's --no-cross-namespace-refs, but found at load time rather than failing
             // every delivery with a 500.
-            Ok(t) if rules.no_cross_namespace_refs && t.namespace != r.namespace => p.add(
+            Ok(t) if given.rules.no_cross_namespace_refs && t.namespace != r.namespace => p.add(
                 format!("{key}.resources[{j}].namespace"),
                 format!(
                     "{:?} is not the receiver's namespace {:?}, and kubernetes.no_cross_namespace_refs forbids cross-namespace references",
