@@ -684,7 +684,13 @@ fn configuration_mistakes_name_their_key() {
     let out = check_fails(&format!(
         "{oidc}\n[[receivers.oidc_providers]]\nissuerURL = \"https://a.example\""
     ));
-    assert!(out.contains("issuerURL"), "{out}");
+    // Flux's own spelling is read too (Receiver objects use it in cluster mode): the only
+    // problem left is the missing validations.
+    assert!(
+        out.contains("receivers[0].oidc_providers[0].validations: none")
+            && !out.contains("issuer_url"),
+        "{out}"
+    );
     // Flux forbids oidcProviders on other types.
     let out = check_fails(&format!(
         "{gcr}\nemail = \"a@b\"\naudience = \"x\"\n\n[[receivers.oidc_providers]]\nissuer_url = \"https://a.example\"\n\
