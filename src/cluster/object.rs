@@ -353,6 +353,40 @@ mod tests {
     }
 
     #[test]
+    fn generic_oidc_objects_are_read_with_fluxs_field_names() {
+        let o = object(
+            "flux-system",
+            "github-receiver",
+            json!({"type": "generic-oidc",
+                   "resources": [{"kind": "GitRepository", "name": "app"}],
+                   "resourceFilter": "claims.sub == 'repo:org/app:ref:refs/heads/main'",
+                   "oidcProviders": [{
+                       "issuerURL": "https://token.actions.githubusercontent.com",
+                       "audience": "flux",
+                       "variables": [{"name": "repo", "expression": "claims.repository"}],
+                       "validations": [{"expression": "vars.repo == 'org/app'", "message": "wrong repository"}]}]}),
+        );
+        let r = build(&o, None).unwrap();
+        // Flux's test vector for generic-oidc: an empty token.
+        assert_eq!(
+            r.path,
+            "/hook/d9c6bac01b84166b25cc5beaa8bc0d10807c6ec7c12e73ee81880689f8ed8538"
+        );
+        assert_eq!(r.kind, ReceiverType::GenericOidc);
+        let no_validations = object(
+            "flux-system",
+            "github-receiver",
+            json!({"type": "generic-oidc",
+                   "resources": [{"kind": "GitRepository", "name": "app"}],
+                   "oidcProviders": [{"issuerURL": "https://token.actions.githubusercontent.com"}]}),
+        );
+        assert_eq!(
+            fields(build(&no_validations, None)),
+            ["spec.oidcProviders[0].validations"]
+        );
+    }
+
+    #[test]
     fn the_path_is_fluxs_with_the_token_as_stored() {
         let o = object(
             "my-namespace",
