@@ -61,6 +61,17 @@ fn receiver(s: &Setup) -> String {
     )
 }
 
+/// A gateway serving the test chain, and the root only clients know; `None` without openssl.
+fn gateway() -> Option<(Gateway, std::path::PathBuf)> {
+    if !have_openssl() {
+        return None;
+    }
+    let s = Setup::new();
+    let root = chain(&s);
+    let r = receiver(&s);
+    Some((s.receiver(&r).start(), root))
+}
+
 /// One `s_client` handshake (then an immediate close); returns whether it succeeded and all
 /// it printed.
 fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
@@ -97,13 +108,9 @@ fn protocol(text: &str) -> Option<&str> {
 
 #[test]
 fn only_tls_1_2_and_1_3_are_accepted() {
-    if !have_openssl() {
+    let Some((gw, root)) = gateway() else {
         return;
-    }
-    let s = Setup::new();
-    let root = chain(&s);
-    let r = receiver(&s);
-    let gw = s.receiver(&r).start();
+    };
     let (ok, text) = s_client(gw.port, &root, &["-tls1_3"]);
     assert!(ok, "{text}");
     assert_eq!(protocol(&text), Some("TLSv1.3"), "{text}");
@@ -124,13 +131,9 @@ fn only_tls_1_2_and_1_3_are_accepted() {
 
 #[test]
 fn only_forward_secret_aead_suites_are_offered() {
-    if !have_openssl() {
+    let Some((gw, root)) = gateway() else {
         return;
-    }
-    let s = Setup::new();
-    let root = chain(&s);
-    let r = receiver(&s);
-    let gw = s.receiver(&r).start();
+    };
     for good in [
         "ECDHE-ECDSA-AES128-GCM-SHA256",
         "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -179,13 +182,9 @@ fn only_forward_secret_aead_suites_are_offered() {
 
 #[test]
 fn the_whole_chain_is_served_and_sni_is_optional() {
-    if !have_openssl() {
+    let Some((gw, root)) = gateway() else {
         return;
-    }
-    let s = Setup::new();
-    let root = chain(&s);
-    let r = receiver(&s);
-    let gw = s.receiver(&r).start();
+    };
     // Verified against the root alone: the intermediate must come from the server.
     let (ok, text) = s_client(gw.port, &root, &["-showcerts", "-servername", "localhost"]);
     assert!(ok, "{text}");
@@ -201,13 +200,9 @@ fn the_whole_chain_is_served_and_sni_is_optional() {
 
 #[test]
 fn alpn_is_http_1_1_only() {
-    if !have_openssl() {
+    let Some((gw, root)) = gateway() else {
         return;
-    }
-    let s = Setup::new();
-    let root = chain(&s);
-    let r = receiver(&s);
-    let gw = s.receiver(&r).start();
+    };
     let (ok, text) = s_client(gw.port, &root, &["-alpn", "h2,http/1.1"]);
     assert!(ok, "{text}");
     assert!(text.contains("ALPN protocol: http/1.1"), "{text}");
