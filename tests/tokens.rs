@@ -394,6 +394,23 @@ async fn gcr_push_with_a_google_token_is_relayed_and_bad_ones_are_refused() {
             "app"
         )
         .is_some());
+    // Pub/Sub redelivers with the same messageId: answered, not relayed again.
+    let (status, text) = gw
+        .post(
+            &path,
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &bearer(token.clone())),
+            ],
+            push(&inner),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\"duplicate\":true") && text.contains("136969346945"),
+        "{text}"
+    );
+    assert_eq!(gw.patches().len(), 1);
     // Google's keys were fetched once for all those tokens: the unknown kid came too soon
     // after the first fetch to refetch.
     assert_eq!(google.hits("/certs"), 1);

@@ -201,7 +201,7 @@ impl HookApp {
             return too_large(rt);
         }
         let head = &s.req_header().headers;
-        let delivery_id = receiver
+        let mut delivery_id = receiver
             .delivery_id(head)
             .map(|v| v.chars().take(128).collect::<String>());
         log.delivery_id = delivery_id.clone();
@@ -285,6 +285,13 @@ impl HookApp {
         } else {
             Evidence::default()
         };
+        if delivery_id.is_none() {
+            delivery_id = evidence
+                .delivery_id
+                .as_ref()
+                .map(|v| v.chars().take(128).collect());
+            log.delivery_id.clone_from(&delivery_id);
+        }
         let verified = Verified {
             head: req,
             body,

@@ -469,7 +469,7 @@ mod tests {
         // The verifier's req wins over the body (gcr).
         let gcr = Evidence {
             req: Some(json!({"ref": "refs/heads/main"})),
-            claims: None,
+            ..Evidence::default()
         };
         let got = for_delivery(&[by_req], json, bad, &gcr).unwrap();
         assert_eq!(got[0].as_ref().unwrap().accepts(&res(json!({}))), Ok(true));

@@ -107,9 +107,11 @@ impl Verifier for Gcr {
 
     async fn complete(&self, head: &HeaderMap, body: &[u8]) -> Result<Evidence, Refusal> {
         self.authenticate(head).await?;
+        let (req, message_id) = unwrap_push(body)?;
         Ok(Evidence {
-            req: Some(unwrap_push(body)?),
+            req: Some(req),
             claims: None,
+            delivery_id: message_id,
         })
     }
 }
@@ -125,8 +127,9 @@ struct Envelope {
 struct Message {
     #[serde(default)]
     data: Option<String>,
+    /// Kept by Pub/Sub when it redelivers, so it identifies a replay.
     #[serde(default, rename = "messageId")]
-    _message_id: Option<String>,
+    message_id: Option<String>,
     #[serde(default, rename = "publishTime")]
     _publish_time: Option<String>,
     #[serde(default, rename = "subscription")]
@@ -145,8 +148,8 @@ struct Push {
 }
 
 /// The inner `{action, digest, tag}` of a push, re-encoded as Flux does: always these three
-/// keys, an absent one empty, anything else dropped.
-fn unwrap_push(body: &[u8]) -> Result<Value, Refusal> {
+/// keys, an absent one empty, anything else dropped; and the message's id.
+fn unwrap_push(body: &[u8]) -> Result<(Value, Option<String>), Refusal> {
     let bad = |why: String| Refusal::bad_request(Cause::MalformedRequest, why);
     let envelope: Option<Envelope> = serde_json::from_slice(body).map_err(|e| {
         bad(format!(
@@ -156,10 +159,12 @@ fn unwrap_push(body: &[u8]) -> Result<Value, Refusal> {
             e.column()
         ))
     })?;
-    let data = envelope
-        .and_then(|e| e.message)
-        .and_then(|m| m.data)
-        .unwrap_or_default();
+    let message = envelope.and_then(|e| e.message);
+    let message_id = message
+        .as_ref()
+        .and_then(|m| m.message_id.clone())
+        .filter(|id| !id.is_empty());
+    let data = message.and_then(|m| m.data).unwrap_or_default();
     if data.is_empty() {
         return Err(bad("message.data is missing or empty".into()));
     }
@@ -181,11 +186,12 @@ fn unwrap_push(body: &[u8]) -> Result<Value, Refusal> {
         digest: None,
         tag: None,
     });
-    Ok(serde_json::json!({
+    let req = serde_json::json!({
         "action": push.action.unwrap_or_default(),
         "digest": push.digest.unwrap_or_default(),
         "tag": push.tag.unwrap_or_default(),
-    }))
+    });
+    Ok((req, message_id))
 }
 
 /// What kind of JSON error, without serde's message, which may quote the input.
@@ -215,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_envelope_is_unwrapped_as_flux_does() {
-        let got = unwrap_push(&push(
+        let (got, id) = unwrap_push(&push(
             r#"{"action":"INSERT","digest":"gcr.io/p/app@sha256:ab","tag":"gcr.io/p/app:1.0","extra":1}"#,
         ))
         .unwrap();
@@ -224,11 +230,16 @@ mod tests {
             json!({"action": "INSERT", "digest": "gcr.io/p/app@sha256:ab", "tag": "gcr.io/p/app:1.0"})
         );
         assert_eq!(
-            unwrap_push(&push(r#"{"action":"DELETE"}"#)).unwrap(),
+            id.as_deref(),
+            Some("1"),
+            "the messageId identifies redeliveries"
+        );
+        assert_eq!(
+            unwrap_push(&push(r#"{"action":"DELETE"}"#)).unwrap().0,
             json!({"action": "DELETE", "digest": "", "tag": ""})
         );
         assert_eq!(
-            unwrap_push(&push("null")).unwrap(),
+            unwrap_push(&push("null")).unwrap().0,
             json!({"action": "", "digest": "", "tag": ""})
         );
         for (body, why) in [

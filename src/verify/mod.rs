@@ -39,6 +39,9 @@ pub struct Evidence {
     pub req: Option<serde_json::Value>,
     /// The verified token's claims (generic-oidc), CEL's `claims`.
     pub claims: Option<serde_json::Value>,
+    /// The provider's id of the delivery when it is in the body rather than a header (gcr:
+    /// the Pub/Sub `messageId`), for replay protection.
+    pub delivery_id: Option<String>,
 }
 
 /// Checks one kind of delivery, the way Flux's receiver of the same type does.

@@ -202,8 +202,8 @@ impl Verifier for GenericOidc {
         let claims = Value::Object(p.keys.verify(token, &expect).await?);
         p.validate(&claims)?;
         Ok(Evidence {
-            req: None,
             claims: Some(claims),
+            ..Evidence::default()
         })
     }
 }
