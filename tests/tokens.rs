@@ -372,16 +372,11 @@ async fn gcr_push_with_a_google_token_is_relayed_and_bad_ones_are_refused() {
     refused(&gw, &path, &cases).await;
 
     let token = RsaKey::sign(GOOGLE_KID, &good);
-    let (status, text) = gw
-        .post(
-            &path,
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", &bearer(token.clone())),
-            ],
-            push(&inner),
-        )
-        .await;
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", &bearer(token.clone())),
+    ];
+    let (status, text) = gw.post(&path, &headers, push(&inner)).await;
     assert_eq!(status, 200, "{text}");
     let summary: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(summary["relayed"], true, "{text}");
@@ -395,16 +390,7 @@ async fn gcr_push_with_a_google_token_is_relayed_and_bad_ones_are_refused() {
         )
         .is_some());
     // Pub/Sub redelivers with the same messageId: answered, not relayed again.
-    let (status, text) = gw
-        .post(
-            &path,
-            &[
-                ("Content-Type", "application/json"),
-                ("Authorization", &bearer(token.clone())),
-            ],
-            push(&inner),
-        )
-        .await;
+    let (status, text) = gw.post(&path, &headers, push(&inner)).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         text.contains("\"duplicate\":true") && text.contains("136969346945"),

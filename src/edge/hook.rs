@@ -201,9 +201,7 @@ impl HookApp {
             return too_large(rt);
         }
         let head = &s.req_header().headers;
-        let mut delivery_id = receiver
-            .delivery_id(head)
-            .map(|v| v.chars().take(128).collect::<String>());
+        let mut delivery_id = receiver.delivery_id(head).map(clip_id);
         log.delivery_id = delivery_id.clone();
         let event = receiver.verifier.event_header().map(|h| {
             head.get(h)
@@ -286,10 +284,7 @@ impl HookApp {
             Evidence::default()
         };
         if delivery_id.is_none() {
-            delivery_id = evidence
-                .delivery_id
-                .as_ref()
-                .map(|v| v.chars().take(128).collect());
+            delivery_id = evidence.delivery_id.as_deref().map(clip_id);
             log.delivery_id.clone_from(&delivery_id);
         }
         let verified = Verified {
@@ -576,6 +571,12 @@ impl HookApp {
             Err(_) => None,
         }
     }
+}
+
+/// A provider's delivery id as it is remembered and logged: at most 128 characters, so a
+/// sender cannot make one replay-cache entry or log line as large as it likes.
+fn clip_id(id: &str) -> String {
+    id.chars().take(128).collect()
 }
 
 fn failed(rt: &Runtime, client: IpAddr) {
