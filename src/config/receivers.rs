@@ -222,19 +222,9 @@ fn build(
     };
     let uses_secret = kind.is_none_or(|k| k.uses_secret());
     let secrets = if uses_secret {
-        for (i, f) in secret_files.iter().enumerate() {
-            if let Some(w) = crate::secret::loose_permissions(f) {
-                let k = if secret_files.len() > 1 {
-                    format!("{key}.secret_file[{i}]")
-                } else {
-                    format!("{key}.secret_file")
-                };
-                warnings.push(format!("{k}: {w}"));
-            }
-        }
         match given.token {
             Some(t) => vec![t],
-            None => secrets(key, r.secret_file, r.secret_env, p),
+            None => secrets(key, r.secret_file, r.secret_env, p, warnings),
         }
     } else {
         if r.secret_file.is_some() || r.secret_env.is_some() {
@@ -416,12 +406,14 @@ fn build(
     })
 }
 
-/// Every active secret, files first, in the order given: the first makes the path.
+/// Every active secret, files first, in the order given: the first makes the path. A file
+/// others than its owner may read draws a warning under its key.
 fn secrets(
     key: &str,
     files: Option<OneOrMany<PathBuf>>,
     envs: Option<OneOrMany<String>>,
     p: &mut Problems,
+    warnings: &mut Vec<String>,
 ) -> Vec<Secret> {
     let files = files.map(OneOrMany::into_vec).unwrap_or_default();
     let envs = envs.map(OneOrMany::into_vec).unwrap_or_default();
@@ -440,6 +432,9 @@ fn secrets(
     let mut out = Vec::new();
     for (i, f) in files.iter().enumerate() {
         out.extend(p.take(&k("secret_file", i), Secret::from_file(f)));
+        if let Some(w) = crate::secret::loose_permissions(f) {
+            warnings.push(format!("{}: {w}", k("secret_file", i)));
+        }
     }
     for (i, v) in envs.iter().enumerate() {
         out.extend(p.take(&k("secret_env", i), Secret::from_env(v)));
