@@ -29,12 +29,24 @@ pub fn owner_only(p: &Path) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A port nothing listens on, and one this process has not handed out before: the kernel may
+/// give the same ephemeral port twice in a row once the probe is closed, and a gateway whose
+/// listener and admin ports collide refuses to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn install_crypto() {
