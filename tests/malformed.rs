@@ -626,7 +626,7 @@ fn cases() -> Vec<Case> {
                 "POST {p}?{} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
                 "a".repeat(70_000)
             ),
-            Status(431),
+            Status(414),
         ),
         case(
             "request line of 2 MiB",
@@ -694,8 +694,13 @@ fn cases() -> Vec<Case> {
                 valid(""),
             ]
             .concat(),
-            ThenClosed(&[200]),
+            ThenClosed(&[400]),
         ),
+        case("TE: chunked, chunked", signed_framed("Transfer-Encoding: chunked, chunked\r\n", &chunked(&b)), Status(400)),
+        case("TE: gzip, chunked", signed_framed("Transfer-Encoding: gzip, chunked\r\n", &chunked(&b)), Status(501)),
+        case("TE: gzip, then TE: chunked", signed_framed("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", &chunked(&b)), Status(501)),
+        case("TE: chunked, with a lower-case content-length", signed_framed(&format!("Transfer-Encoding: chunked\r\ncontent-length: {n}\r\n"), &chunked(&b)), Status(400)),
+        case("TE: Chunked (any case), signed", signed_framed("Transfer-Encoding: Chunked\r\n", &chunked(&b)), Status(200)),
         case("TE: chunked twice", signed_framed("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", &chunked(&b)), Status(400)),
         case("two identical Content-Length", signed_framed(&format!("Content-Length: {n}\r\nContent-Length: {n}\r\n"), &b), Status(200)),
         case("chunk extension", signed_framed("Transfer-Encoding: chunked\r\n", &[format!("{:x};ext=1\r\n", n).into_bytes(), b.clone(), b"\r\n0\r\n\r\n".to_vec()].concat()), Status(200)),
@@ -719,25 +724,6 @@ fn config() -> Setup {
         s.secret(NAME, SECRET).display()
     );
     s.receiver(&r)
-}
-
-/// Cases whose present behaviour looks wrong, with the expectation written above and why.
-/// They run in `suspect_cases_get_the_answer_a_careful_gateway_would_give` only.
-const SUSPECTS: &[(&str, &str)] = &[
-    // Fixed: every head pingora could not parse used to panic the connection task in
-    // `finish` (pingora "Request header is not read yet"); those cases now run above.
-    ("request line of 70,000 bytes", "400 \"malformed request head\" from httparse; 414 or 431 wanted for an over-long request line"),
-    ("half a request line, then EOF", "answered 400 to a client that has gone; closing without an answer is enough"),
-    ("CL then TE: chunked", "relayed (200, then close): RFC 9112 6.1 allows it, a security edge should 400"),
-    ("TE: chunked then CL", "relayed (200, then close): a security edge should 400"),
-    ("CL 5 with TE: chunked body", "relayed (200, then close): a security edge should 400"),
-    ("TE: chunked twice", "relayed (200): chunked applied twice is invalid (RFC 9112 6.1), 400 wanted"),
-    ("missing Host, signed", "relayed (200): RFC 9112 3.2 says an HTTP/1.1 request without Host MUST get 400"),
-    ("a fragment", "relayed (200): '#' is not allowed in a request-target; 400 wanted"),
-];
-
-fn suspect(name: &str) -> Option<&'static str> {
-    SUSPECTS.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
 }
 
 /// `Expect: 100-continue`: a declared body over the cap gets 413 at once, without `100
@@ -786,10 +772,7 @@ async fn expect_continue(gw: &Gateway) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_hostile_requests_get_a_precise_refusal_or_a_close() {
     let gw = config().start();
-    let cases: Vec<Case> = cases()
-        .into_iter()
-        .filter(|c| suspect(c.name).is_none())
-        .collect();
+    let cases = cases();
     assert!(cases.len() >= 50, "only {} cases", cases.len());
     let mut failures = Vec::new();
     let mut relays = 0;
@@ -818,28 +801,9 @@ async fn malformed_and_hostile_requests_get_a_precise_refusal_or_a_close() {
     );
     let logs = gw.logs();
     assert!(!logs.contains("panicked at"), "{logs}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "candidate bugs: see SUSPECTS (lenient framing, Host, fragments)"]
-async fn suspect_cases_get_the_answer_a_careful_gateway_would_give() {
-    let gw = config().start();
-    let mut failures = Vec::new();
-    let mut relays = 0;
-    for c in cases().iter().filter(|c| suspect(c.name).is_some()) {
-        let seen = run(gw.port, &gw.setup.cert_pem, c).await;
-        if !c.want.matches(&seen) {
-            failures.push(format!(
-                "{}: want {:?}, seen {seen:?} ({})",
-                c.name,
-                c.want,
-                suspect(c.name).unwrap_or("")
-            ));
-        }
-        relays += c.want.relays();
-    }
-    let logs = gw.logs();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(gw.patches().len(), relays);
-    assert!(!logs.contains("panicked at"), "the gateway panicked");
+    // pingora's explanation of an unparsable target quotes it whole; it is not passed on.
+    assert!(
+        !logs.contains(&"a".repeat(1000)),
+        "a request's oversized target or header reached the log"
+    );
 }

@@ -3,6 +3,7 @@
 //! the body streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
+use super::head;
 use super::live::{Live, Runtime};
 use crate::config::Receiver;
 use crate::guard::client_ip;
@@ -108,7 +109,7 @@ impl HookApp {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) | Err(_) => return None,
             Ok(Err(e)) => {
-                let a = unreadable_head(&e, rt.limits.max_header_bytes);
+                let a = head::unreadable(&e, rt.limits.max_header_bytes)?;
                 let log = Delivery::default();
                 return Box::pin(self.finish(s, a, log, Instant::now(), shutdown, false)).await;
             }
@@ -131,16 +132,10 @@ impl HookApp {
         peer: IpAddr,
         log: &mut Delivery,
     ) -> Answer {
-        let head_size = head_size(s);
-        if head_size > rt.limits.max_header_bytes {
-            return Answer::refused(&Refusal::new(
-                431,
-                Cause::HeadTooLarge,
-                format!(
-                    "request head larger than {} bytes",
-                    rt.limits.max_header_bytes
-                ),
-            ));
+        if let Err(r) = head::check(s, rt.limits.max_header_bytes) {
+            let mut a = Answer::refused(&r);
+            a.close = true;
+            return a;
         }
         let req = s.req_header();
         let client = client_ip::resolve(
@@ -224,7 +219,7 @@ impl HookApp {
                 return Answer::text(
                     400,
                     "malformed_request",
-                    &format!("cannot continue: {}", why(&e)),
+                    &format!("cannot continue: {}", head::explanation(&e)),
                 );
             }
         }
@@ -248,7 +243,7 @@ impl HookApp {
                 Ok(Err(e)) => {
                     return Answer::refused(&Refusal::bad_request(
                         Cause::MalformedRequest,
-                        format!("malformed body: {}", why(&e)),
+                        format!("malformed body: {}", head::explanation(&e)),
                     ))
                 }
                 Ok(Ok(None)) => break,
@@ -591,59 +586,6 @@ fn too_large(rt: &Runtime) -> Answer {
         Cause::TooLarge,
         format!("body larger than {} bytes", rt.limits.max_body_bytes),
     ))
-}
-
-/// The answer to a request head pingora could not parse, closing the connection: what follows
-/// cannot be framed. pingora's explanation of a parse error quotes the raw head, which may
-/// hold a token or signature: only httparse's reason is passed on, to the client and the log.
-fn unreadable_head(e: &pingora::Error, max_header_bytes: usize) -> Answer {
-    let context = e.context.as_ref().map_or("", |c| c.as_str());
-    let cause = e.cause.as_ref().map(|c| c.to_string()).unwrap_or_default();
-    let mut a = if context.starts_with("Request header larger than") || cause == "too many headers"
-    {
-        Answer::refused(&Refusal::new(
-            431,
-            Cause::HeadTooLarge,
-            format!("request head larger than {max_header_bytes} bytes or with too many headers"),
-        ))
-    } else if context.starts_with("buf:") {
-        let why = if cause.is_empty() {
-            "unparsable"
-        } else {
-            cause.as_str()
-        };
-        Answer::text(
-            400,
-            "malformed_request",
-            &format!("malformed request head: {why}"),
-        )
-    } else {
-        Answer::text(
-            400,
-            "malformed_request",
-            &format!("malformed request: {}", why(e)),
-        )
-    };
-    a.close = true;
-    a
-}
-
-/// pingora's explanation of a parse error, without its internal chain.
-fn why(e: &pingora::Error) -> String {
-    match &e.context {
-        Some(c) => c.as_str().to_string(),
-        None => e.etype().as_str().to_string(),
-    }
-}
-
-/// The request head's size as received: request line and header lines.
-fn head_size(s: &ServerSession) -> usize {
-    let req = s.req_header();
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    req.headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-        + 2
 }
 
 fn declared_length(s: &ServerSession) -> Option<u64> {
