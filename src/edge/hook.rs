@@ -1,6 +1,7 @@
-//! The life cycle of one request on the public listener: head under a deadline, client
-//! address, penalty box, rate, route, allow-list, suspension, method, size, verification while
-//! the body streams in, event filter, per-receiver rate, replay check, relay, answer.
+//! The life cycle of one request on the public listener: head under a deadline and checked
+//! for framing, client address, penalty box, rate, route, allow-list, suspension, method,
+//! size, verification while the body streams in, event filter, per-receiver rate, replay
+//! check, relay, answer.
 
 use super::answer::Answer;
 use super::head;
