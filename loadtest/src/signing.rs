@@ -1,7 +1,7 @@
 //! What each receiver type sends: its headers, its signature or token, and a wrong one for
 //! bad-signature requests. Signatures over the fixed body are computed once, before the run.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 
@@ -65,8 +65,8 @@ impl Algorithm {
 
 /// The lower-case hex HMAC of `body` under `key`.
 pub fn hmac_hex(alg: Algorithm, key: &[u8], body: &[u8]) -> String {
-    fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut m = <M as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    fn mac<M: Mac + KeyInit>(key: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut m = <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
         m.update(body);
         m.finalize().into_bytes().to_vec()
     }

@@ -3,7 +3,7 @@
 use super::single_header;
 use crate::refusal::Refusal;
 use crate::secret::Secret;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha1::Sha1;
 use sha2::{Sha256, Sha512};
@@ -118,7 +118,9 @@ impl Signature {
     }
 }
 
-/// HMAC states already keyed with each secret, so a request only clones them.
+/// HMAC states already keyed with each secret, so a request only clones them. They stand for
+/// the secret: the hash cores inside wipe themselves when dropped (the `zeroize` feature), so
+/// neither a request's clone nor the states a reload retires leave key material behind.
 #[derive(Clone)]
 struct KeyedMacs {
     sha1: Hmac<Sha1>,
@@ -267,8 +269,8 @@ impl HmacCheck {
 
 /// The hex HMAC of `body` under `key`, as a provider would send it.
 pub fn sign(algorithm: Algorithm, key: &[u8], body: &[u8]) -> String {
-    fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut m = <M as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    fn mac<M: Mac + KeyInit>(key: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut m = <M as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
         m.update(body);
         m.finalize().into_bytes().to_vec()
     }
@@ -285,6 +287,16 @@ mod tests {
 
     const SECRET: &[u8] = b"It's a Secret to Everybody";
     const BODY: &[u8] = b"Hello, World!";
+
+    /// What `Hmac<D>` holds of its key is two `D::Core`s, keyed with the inner and outer pads.
+    /// This fails to build if the hash crates lose their `zeroize` feature.
+    #[test]
+    fn keyed_hmac_states_are_wiped_when_dropped() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<<Sha1 as hmac::EagerHash>::Core>();
+        wiped_on_drop::<<Sha256 as hmac::EagerHash>::Core>();
+        wiped_on_drop::<<Sha512 as hmac::EagerHash>::Core>();
+    }
 
     #[test]
     fn github_official_and_derived_vectors() {

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use std::collections::{BTreeMap, HashSet};
@@ -137,8 +137,8 @@ impl Server {
 }
 
 fn hmac_hex(alg: &str, key: &[u8], body: &[u8]) -> Option<String> {
-    fn mac<M: Mac + hmac::digest::KeyInit>(key: &[u8], body: &[u8]) -> String {
-        let mut m = <M as Mac>::new_from_slice(key).unwrap();
+    fn mac<M: Mac + KeyInit>(key: &[u8], body: &[u8]) -> String {
+        let mut m = <M as KeyInit>::new_from_slice(key).unwrap();
         m.update(body);
         hex::encode(m.finalize().into_bytes())
     }
