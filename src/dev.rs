@@ -60,6 +60,15 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, 
     Ok(p)
 }
 
+/// A key or token, readable by its owner only, as `serve` asks of them (and warns otherwise).
+fn write_private(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = write(dir, name, contents)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", p.display()))?;
+    Ok(p)
+}
+
 fn flux_objects() -> Vec<serde_json::Value> {
     let labels = json!({"app.kubernetes.io/part-of": "podinfo"});
     vec![
@@ -90,7 +99,7 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
                     .map_err(|e| format!("cannot make a certificate: {e}"))?;
             (
                 write(&dir, "tls.crt", cert.cert.pem())?,
-                write(&dir, "tls.key", cert.key_pair.serialize_pem())?,
+                write_private(&dir, "tls.key", cert.key_pair.serialize_pem())?,
             )
         }
     };
@@ -123,7 +132,7 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
         ),
         None => {
             let t = random_hex(32)?;
-            let p = write(&dir, "webhook-token", &t)?;
+            let p = write_private(&dir, "webhook-token", &t)?;
             (t, p)
         }
     };

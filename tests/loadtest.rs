@@ -6,6 +6,7 @@ mod common;
 use clap::Parser;
 use common::*;
 use fluxgate_loadtest::{Options, Report};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,6 +136,12 @@ fn loadtest_against_fluxgate_dev_bench() {
         assert!(Instant::now() < until, "fluxgate dev did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The key it makes is its owner's alone, so `serve` does not warn about it.
+    let key_mode = std::fs::metadata(dir.path().join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
     let url = format!(
         "https://127.0.0.1:{port}{}",
         hook(SECRET, "github-receiver", "flux-system")
