@@ -704,3 +704,44 @@ fn configuration_mistakes_name_their_key() {
         "{out}"
     );
 }
+
+/// `fluxgate check` fetches each issuer's keys once, so an unreachable issuer is found before
+/// the first delivery is answered 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reaches_each_token_issuer() {
+    let ci = EcKey::new("ci-1");
+    let issuer = Issuer::start(json!({"keys": [ci.jwk.clone(), RsaKey::jwk("ci-rsa")]})).await;
+    let dead = format!("http://127.0.0.1:{}/certs", free_port());
+    let s = Setup::new().receiver(&oidc_receiver(&issuer.url));
+    let s = {
+        let gcr = gcr_receiver(&s, &dead);
+        s.receiver(&gcr)
+    };
+    let api = kube_standin::StandIn::start(api_config()).unwrap();
+    api.write_kubeconfig(&s.path("kubeconfig"), SA_TOKEN)
+        .unwrap();
+    let config = s.write_config(free_port(), free_port());
+    let run = tokio::task::spawn_blocking(move || run_check(&config, &[], &[]))
+        .await
+        .unwrap();
+    let out = run.output();
+    assert_eq!(run.code, Some(1), "{out}");
+    assert!(
+        run.stdout.contains(&format!(
+            "ok: receiver flux-system/ci-receiver: 2 signing key(s) from {}\n",
+            issuer.url
+        )),
+        "{out}"
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(
+            "problem: receiver flux-system/gcr-receiver: cannot fetch the token issuer's signing keys: "
+        ) && l.contains(&dead)),
+        "{out}"
+    );
+    assert_eq!(run.stdout.matches("problem:").count(), 1, "{out}");
+    // --offline reaches nothing.
+    let offline = run_check(&s.path("fluxgate.toml"), &["--offline"], &[]);
+    assert_eq!(offline.code, Some(0), "{}", offline.output());
+    assert!(!offline.stdout.contains("signing key"));
+}

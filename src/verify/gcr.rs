@@ -114,6 +114,10 @@ impl Verifier for Gcr {
             delivery_id: message_id,
         })
     }
+
+    fn key_sets(&self) -> Vec<&KeySet> {
+        vec![&self.keys]
+    }
 }
 
 /// The Pub/Sub push envelope, with the fields (and the field types) Flux decodes.

@@ -229,6 +229,20 @@ impl KeySet {
         }
     }
 
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// Fetches the keys once, apart from the cache, for `fluxgate check`: how many there are,
+    /// or why there are none.
+    pub async fn probe(&self) -> Result<usize, String> {
+        let fetched = self.fetch().await?;
+        if fetched.keys.is_empty() {
+            return Err("the key set holds no usable key".into());
+        }
+        Ok(fetched.keys.len())
+    }
+
     fn snapshot(&self) -> Arc<Snapshot> {
         self.state
             .read()

@@ -80,6 +80,11 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     fn is_ping(&self, _event: &str) -> bool {
         false
     }
+
+    /// The token issuers' key sets this type verifies with, for `fluxgate check` to reach.
+    fn key_sets(&self) -> Vec<&jwks::KeySet> {
+        Vec::new()
+    }
 }
 
 /// What the body must prove once it has been read.

@@ -206,6 +206,10 @@ impl Verifier for GenericOidc {
             ..Evidence::default()
         })
     }
+
+    fn key_sets(&self) -> Vec<&KeySet> {
+        self.providers.iter().map(|p| &*p.keys).collect()
+    }
 }
 
 impl Provider {
