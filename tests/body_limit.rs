@@ -1,7 +1,6 @@
 //! The body cap is enforced while reading: an oversized body is refused before it has arrived.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -2,8 +2,7 @@
 //! API, reads their Secrets with the minimal Role from `deploy/` (get/list/watch on Receivers,
 //! get on named Secrets), follows every change live, and keeps serving through watch failures.
 
-mod common;
-use common::*;
+use crate::common::*;
 use kube_standin::{Config as ApiConfig, StandIn};
 use serde_json::{json, Value};
 use std::future::Future;

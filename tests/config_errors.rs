@@ -1,7 +1,6 @@
 //! Invalid configuration stops start-up with the key and the reason.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Runs `fluxgate check --offline` and returns (success, stderr).

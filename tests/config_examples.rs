@@ -1,8 +1,7 @@
 //! Every example in config/ is a working configuration: with its files put in place, it passes
 //! `fluxgate check --offline`, the command the README guide runs before `serve`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

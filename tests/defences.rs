@@ -1,7 +1,6 @@
 //! Issue 3's edge defences, with addresses in 127.0.0.0/8 standing in for distinct senders.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -6,7 +6,7 @@
 //! The parts that need kubectl print a note and pass when it is not installed (`KUBECTL`
 //! chooses the binary, as it does for the script).
 
-mod common;
+use crate::common;
 
 use kube_standin::{Config, Rule, StandIn};
 use serde_json::{json, Value};

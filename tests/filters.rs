@@ -2,8 +2,7 @@
 //! and every Flux target kind, end to end: the real binary on loopback TLS, signed deliveries,
 //! the stand-in Kubernetes API.
 
-mod common;
-use common::*;
+use crate::common::*;
 use kube_standin::{Config as ApiConfig, Rule, StandIn};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -3,8 +3,7 @@
 //! grants. The receiver behind the proxy is a small stand-in of notification-controller that
 //! checks the GitHub signature again, as Flux does.
 
-mod common;
-use common::*;
+use crate::common::*;
 use kube_standin::{Config as ApiConfig, Rule, StandIn};
 use serde_json::Value;
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! Issue 2's end-to-end checks: real TLS on loopback, real signatures, the stand-in API.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const GH_SECRET: &str = "It's a Secret to Everybody";

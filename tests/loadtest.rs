@@ -2,9 +2,8 @@
 //! seconds of valid, bad-signature and unknown-path deliveries, each answered as it should be,
 //! and no panic in the gateway's log (checked when the gateway is dropped).
 
-mod common;
+use crate::common::*;
 use clap::Parser;
-use common::*;
 use fluxgate_loadtest::{Options, Report};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

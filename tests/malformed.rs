@@ -2,8 +2,7 @@
 //! a security gateway should give it: a precise status, or a close without any answer. Never a
 //! relay for anything unsigned or malformed, never a panic, never a hang.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -2,8 +2,7 @@
 //! `fluxgate check` against the stand-in's RBAC, and live reloads of the configuration,
 //! secrets and certificate. Each test drives the real binary over TLS on loopback.
 
-mod common;
-use common::*;
+use crate::common::*;
 use kube_standin::{Rule, StandIn};
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

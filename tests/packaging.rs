@@ -2,8 +2,7 @@
 //! script into a non-root distroless image, and the documented environment overrides are real
 //! configuration keys.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -2,8 +2,7 @@
 //! refusals, Retry-After, SIGTERM during a stream of deliveries, a graceful upgrade and a burst.
 //! Each test drives the real binary over TLS on loopback against the stand-in API.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -4,8 +4,7 @@
 //! searched for each secret, each signature the gateway computed, and the service account's
 //! token.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const GITHUB: &str = "trace-github-secret-8c1d";

@@ -1,8 +1,7 @@
 //! The listener's TLS, which fluxgate accepts itself: the handshake's deadline, the
 //! per-address cap from before the handshake, the server's choice of cipher suite, and ALPN.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rustls::crypto::ring::cipher_suite as cs;
 use rustls::SupportedCipherSuite;
 use std::sync::Arc;

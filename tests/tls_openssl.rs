@@ -3,8 +3,7 @@
 //! them, so the refusal is the server's), the whole chain is served, ALPN is http/1.1 only,
 //! and a client hello without SNI works. Skipped, with a note, where `openssl` is missing.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use std::io::Write;
 use std::path::Path;

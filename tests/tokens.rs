@@ -2,10 +2,9 @@
 //! the real binary over TLS, with a local issuer serving discovery and signing keys over plain
 //! HTTP on loopback, and real RS256/ES256 tokens.
 
-mod common;
+use crate::common::*;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -3,8 +3,7 @@
 //! delivery annotates the GitRepository; each kind of invalid one is refused with its status
 //! and reason and reaches no API.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const GIT: (&str, &str, &str, &str) = (

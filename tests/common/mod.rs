@@ -1,6 +1,5 @@
 //! Test harness: the real `fluxgate` binary on a loopback TLS listener, talking to the
 //! stand-in Kubernetes API, driven by real HTTPS clients.
-#![allow(dead_code)]
 
 use kube_standin::{Config as ApiConfig, Recorded, Rule, StandIn};
 use serde_json::json;
@@ -449,18 +448,6 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed: {status}");
 }
 
-/// Waits until `path` exists, up to `limit`; `true` if it does.
-pub fn wait_for_file(path: &Path, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while !path.exists() {
-        if Instant::now() >= until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 /// Waits for `child` to exit, up to `limit`; its exit status, or `None` if it still runs.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let until = Instant::now() + limit;
@@ -501,16 +488,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn signal(&self, signal: &str) {
-        send_signal(self.pid(), signal);
     }
 }
 
