@@ -17,7 +17,8 @@ pub struct Answer {
     pub outcome: &'static str,
     /// Seconds for `Retry-After` (429).
     pub retry_after: Option<u64>,
-    /// Close the connection after answering: the head was too large to trust what follows.
+    /// Close the connection after answering: the head was too large, or could be framed
+    /// another way, to trust what follows it.
     pub close: bool,
 }
 
@@ -61,6 +62,11 @@ impl Answer {
             return None;
         }
         std::str::from_utf8(&self.body).ok().map(str::trim_end)
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {

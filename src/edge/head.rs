@@ -65,9 +65,7 @@ pub fn unreadable(e: &pingora::Error, max_header_bytes: usize) -> Option<Answer>
             format!("malformed request: {}", explanation(e)),
         )
     };
-    let mut a = Answer::refused(&refusal);
-    a.close = true;
-    Some(a)
+    Some(Answer::refused(&refusal).closing())
 }
 
 /// pingora's explanation of an error, without its internal chain.
@@ -96,12 +94,12 @@ pub fn check(s: &ServerSession, max_header_bytes: usize) -> Result<(), Refusal> 
             format!("request head larger than {max_header_bytes} bytes"),
         ));
     }
-    let req = s.req_header();
     if request_line.contains(&b'#') {
         return Err(malformed(
             "a fragment (#) is not allowed in the request target",
         ));
     }
+    let req = s.req_header();
     // RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host.
     if req.version == Version::HTTP_11 && !req.headers.contains_key(header::HOST) {
         return Err(malformed("HTTP/1.1 request without a Host header"));

@@ -134,9 +134,7 @@ impl HookApp {
         log: &mut Delivery,
     ) -> Answer {
         if let Err(r) = head::check(s, rt.limits.max_header_bytes) {
-            let mut a = Answer::refused(&r);
-            a.close = true;
-            return a;
+            return Answer::refused(&r).closing();
         }
         let req = s.req_header();
         let client = client_ip::resolve(
