@@ -8,6 +8,7 @@ use crate::relay::kube::{load_config, KubeApi};
 use crate::relay::target::Select;
 use std::collections::BTreeSet;
 use std::path::Path;
+use tokio::runtime::Runtime;
 
 #[derive(Default)]
 struct Report {
@@ -81,8 +82,16 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
         r.warn("relay.queue_dir is not set: queued deliveries will not survive a restart");
     }
     if !offline {
-        cluster(&settings, &mut r);
-        issuers(&settings, &mut r);
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => {
+                cluster(&rt, &settings, &mut r);
+                issuers(&rt, &settings, &mut r);
+            }
+            Err(e) => r.problem(format!("cannot start a runtime: {e}")),
+        }
     }
     if r.problems > 0 {
         return Err(format!("{} problem(s)", r.problems));
@@ -125,46 +134,26 @@ fn writable(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn runtime(r: &mut Report) -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            r.problem(format!("cannot start a runtime: {e}"));
-            None
-        }
-    }
-}
-
 /// Fetches each token issuer's signing keys once, as the first gcr or generic-oidc delivery
 /// would: without them, every delivery is answered 503.
-fn issuers(s: &Settings, r: &mut Report) {
-    let sets: Vec<_> = s
-        .receivers
-        .iter()
-        .flat_map(|rec| rec.verifier.key_sets().into_iter().map(|k| (&rec.label, k)))
-        .collect();
-    if sets.is_empty() {
-        return;
-    }
-    let Some(rt) = runtime(r) else { return };
-    for (label, keys) in sets {
-        match rt.block_on(keys.probe()) {
-            Ok(n) => r.ok(format!(
-                "receiver {label}: {n} signing key(s) from {}",
-                keys.source()
-            )),
-            Err(e) => r.problem(format!(
-                "receiver {label}: cannot fetch the token issuer's signing keys: {e}"
-            )),
+fn issuers(rt: &Runtime, s: &Settings, r: &mut Report) {
+    for rec in &s.receivers {
+        for keys in rec.verifier.key_sets() {
+            let label = &rec.label;
+            match rt.block_on(keys.probe()) {
+                Ok(n) => r.ok(format!(
+                    "receiver {label}: {n} signing key(s) from {}",
+                    keys.source()
+                )),
+                Err(e) => r.problem(format!(
+                    "receiver {label}: cannot fetch the token issuer's signing keys: {e}"
+                )),
+            }
         }
     }
 }
 
-fn cluster(s: &Settings, r: &mut Report) {
-    let Some(rt) = runtime(r) else { return };
+fn cluster(rt: &Runtime, s: &Settings, r: &mut Report) {
     let k = &s.kubernetes;
     let config = match rt.block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout)) {
         Ok(c) => c,
