@@ -61,11 +61,22 @@ fn write(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, 
 }
 
 /// A key or token, readable by its owner only, as `serve` asks of them (and warns otherwise).
+/// The file is owner-only before the secret is in it, also when `--dir` already held one.
 fn write_private(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<PathBuf, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let p = write(dir, name, contents)?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", p.display()))?;
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let p = dir.join(name);
+    let cannot = |e: std::io::Error| format!("cannot write {}: {e}", p.display());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .map_err(cannot)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(cannot)?;
+    f.write_all(contents.as_ref()).map_err(cannot)?;
     Ok(p)
 }
 
@@ -233,5 +244,32 @@ fn report_patches(standin: StandIn) {
             }
         }
         seen = reqs.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn keys_and_tokens_are_written_for_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_private(dir.path(), "webhook-token", "first").unwrap();
+        assert_eq!(
+            (mode(&p), std::fs::read_to_string(&p).unwrap()),
+            (0o600, "first".into())
+        );
+        // A --dir used before, with a file others could read.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(dir.path(), "webhook-token", "second").unwrap();
+        assert_eq!(
+            (mode(&p), std::fs::read_to_string(&p).unwrap()),
+            (0o600, "second".into())
+        );
     }
 }

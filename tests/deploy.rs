@@ -521,10 +521,6 @@ impl Workspace {
     }
 }
 
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
 #[test]
 fn kubeconfig_script_writes_a_working_kubeconfig() {
     let Some(kubectl) = kubectl("kubeconfig_script_writes_a_working_kubeconfig") else {
@@ -548,7 +544,7 @@ fn kubeconfig_script_writes_a_working_kubeconfig() {
         !stdout.contains(SA_TOKEN) && !text(&o.stderr).contains(SA_TOKEN),
         "the token was printed"
     );
-    assert_eq!(mode(&out), 0o600, "mode of {}", out.display());
+    assert_eq!(common::mode(&out), 0o600, "mode of {}", out.display());
 
     // It holds the Secret's ca.crt as it is, the token decoded, the admin context's server.
     let written: Value = serde_saphyr::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
@@ -758,7 +754,7 @@ fn kubeconfig_script_options_and_an_existing_file() {
         "5",
     ]);
     assert!(o.status.success(), "kubeconfig.sh: {}", describe(&o));
-    assert_eq!(mode(&out), 0o600);
+    assert_eq!(common::mode(&out), 0o600);
     let written: Value = serde_saphyr::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(written["clusters"][0]["cluster"]["server"], server.as_str());
     let leftovers: Vec<_> = std::fs::read_dir(ws.path("etc"))
@@ -823,7 +819,7 @@ fn kubeconfig_script_gives_up_on_an_unfilled_secret() {
     };
     assert!(late.status.success(), "{}", describe(&late));
     assert!(text(&late.stderr).contains("waiting up to 20s"));
-    assert_eq!(mode(&ws.path("fluxgate.kubeconfig")), 0o600);
+    assert_eq!(common::mode(&ws.path("fluxgate.kubeconfig")), 0o600);
 }
 
 #[test]

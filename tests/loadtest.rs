@@ -5,7 +5,6 @@
 use crate::common::*;
 use clap::Parser;
 use fluxgate_loadtest::{Options, Report};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,11 +135,7 @@ fn loadtest_against_fluxgate_dev_bench() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The key it makes is its owner's alone, so `serve` does not warn about it.
-    let key_mode = std::fs::metadata(dir.path().join("tls.key"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(key_mode & 0o777, 0o600);
+    assert_eq!(mode(&dir.path().join("tls.key")), 0o600);
     let url = format!(
         "https://127.0.0.1:{port}{}",
         hook(SECRET, "github-receiver", "flux-system")

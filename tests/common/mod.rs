@@ -28,6 +28,12 @@ pub fn owner_only(p: &Path) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A file's permission bits.
+pub fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
 /// A port nothing listens on, and one this process has not handed out before: the kernel may
 /// give the same ephemeral port twice in a row once the probe is closed, and a gateway whose
 /// listener and admin ports collide refuses to start.
