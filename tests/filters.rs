@@ -337,6 +337,38 @@ async fn req_is_the_json_body_only_for_a_json_content_type() {
     );
 }
 
+/// Flux's documented example: the image name is the tag's last path segment. `last()` (cel-go's
+/// optional library) and the strings extension's `split` work as in Flux.
+#[tokio::test(flavor = "multi_thread")]
+async fn fluxs_documented_last_segment_filter_relays_the_matching_image_only() {
+    let api = cluster(vec![git("app", json!({}))]);
+    let s = Setup::new();
+    let r = generic_hmac(
+        &s,
+        "by-image",
+        "req.tag.split(\"/\").last().value().split(\":\").first().value() == res.metadata.name",
+    );
+    let gw = s.receiver(&r).start_with(api);
+
+    let other = br#"{"tag":"europe-docker.pkg.dev/proj/repo/other:v1"}"#;
+    let (status, answer) = post_hmac(&gw, "by-image", "application/json", other).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        listed(&answer, "filtered"),
+        ["GitRepository flux-system/app"]
+    );
+    assert!(gw.patches().is_empty());
+
+    let app = br#"{"tag":"europe-docker.pkg.dev/proj/repo/app:v1"}"#;
+    let (status, answer) = post_hmac(&gw, "by-image", "application/json", app).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        listed(&answer, "patched"),
+        ["GitRepository flux-system/app"]
+    );
+    assert_eq!(gw.patches().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_json_body_that_is_not_an_object_is_refused_when_a_filter_reads_it() {
     let api = cluster(vec![git("app", json!({}))]);
@@ -453,6 +485,44 @@ fn a_bad_expression_is_a_configuration_error_naming_its_key() {
         !out.contains("receivers[1].resources[0]"),
         "only the bad entry is named:\n{out}"
     );
+}
+
+/// What Flux's type checker refuses stops the load too, naming the key and the reason, instead
+/// of loading and answering 502 to every delivery.
+#[test]
+fn an_expression_that_cannot_run_or_yield_a_bool_stops_the_load() {
+    let s = Setup::new();
+    let filters = [
+        ("\"test\"", "the expression yields a string, not a bool"),
+        (
+            "requrest.body.value == \"x\"",
+            "undeclared reference to 'requrest'",
+        ),
+        (
+            "req.tag.lst().value() == \"app\"",
+            "undeclared reference to 'lst'",
+        ),
+        ("req.tag", "the expression yields a field of its input"),
+    ];
+    let mut s = s;
+    for (i, (filter, _)) in filters.iter().enumerate() {
+        let r = github(
+            &s,
+            &format!("bad-{i}"),
+            &format!(
+                "resource_filter = '{filter}'\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]"
+            ),
+        );
+        s = s.receiver(&r);
+    }
+    s.offline_kubeconfig();
+    let run = run_check(&s.write_config(8443, 9102), &["--offline"], &[]);
+    assert_eq!(run.code, Some(1), "{}", run.output());
+    let out = run.output();
+    for (i, (_, why)) in filters.iter().enumerate() {
+        let want = format!("receivers[{i}].resource_filter: {why}");
+        assert!(out.contains(&want), "expected {want:?} in:\n{out}");
+    }
 }
 
 #[test]

@@ -479,6 +479,18 @@ mod tests {
             ["spec.resourceFilter"]
         );
         assert_eq!(skip(json!({"resourceFilter": 1})), ["spec.resourceFilter"]);
+        // Refused at load as Flux's type checker refuses them: the Receiver is not served.
+        for bad in [
+            "'test'",
+            "requrest.body.value == 'x'",
+            "req.tag.lst() == 'x'",
+        ] {
+            assert_eq!(
+                skip(json!({"resourceFilter": bad})),
+                ["spec.resourceFilter"],
+                "{bad}"
+            );
+        }
         assert_eq!(skip(json!({"resources": []})), ["spec.resources"]);
         assert_eq!(
             skip(json!({"resources": [

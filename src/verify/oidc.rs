@@ -131,7 +131,7 @@ impl GenericOidc {
                 if v.name.is_empty() {
                     add(&format!("variables[{j}].name"), "missing".into());
                 }
-                match Expr::compile(&v.expression, Scope::Claims) {
+                match Expr::compile(&v.expression, Scope::Variable) {
                     Ok(e) => variables.push((v.name.clone(), e)),
                     Err(e) => add(&format!("variables[{j}].expression"), e),
                 }
