@@ -363,6 +363,17 @@ mod tests {
         assert!(out.execute(&Context::with_env(ENV.clone())).is_err());
     }
 
+    /// The README's list of functions is the environment's.
+    #[test]
+    fn the_readme_lists_every_function() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("### CEL expressions").unwrap();
+        let section = &readme[start..start + readme[start..].find("\n## ").unwrap()];
+        for f in library::FUNCTIONS {
+            assert!(section.contains(&format!("`{}`", f.name)), "{}", f.name);
+        }
+    }
+
     #[test]
     fn expressions_are_checked_at_load() {
         let cases: &[(&str, Scope, &str)] = &[
