@@ -306,6 +306,24 @@ mod tests {
         }
     }
 
+    /// As in Flux, a validation must yield a bool and a variable may be any value; both are
+    /// checked for undeclared names at load.
+    #[test]
+    fn validations_must_yield_a_bool_and_variables_need_not() {
+        let mut s = spec("https://a.example", None);
+        s.variables[0].expression = "'literal'".into();
+        s.validations[0].expression = "claims.sub".into();
+        let e = GenericOidc::new(&options(vec![s])).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "oidc_providers[0].validations[0].expression");
+        assert!(e[0].1.contains("yields a field of its input"), "{e:?}");
+        let mut s = spec("https://a.example", None);
+        s.variables[0].expression = "clams.sub".into();
+        let e = GenericOidc::new(&options(vec![s])).unwrap_err();
+        assert_eq!(e[0].0, "oidc_providers[0].variables[0].expression");
+        assert_eq!(e[0].1, "undeclared reference to 'clams'");
+    }
+
     #[test]
     fn provider_specs_are_checked_like_flux() {
         let keys = |o: TypeOptions| -> Vec<String> {
