@@ -518,6 +518,15 @@ mod tests {
             bad_cel[0].to_string().starts_with("spec.resourceFilter: "),
             "{bad_cel:?}"
         );
+        let undeclared = build(
+            &github(json!({"resourceFilter": "requrest.body.value == 'x'"})),
+            ok(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            undeclared[0].to_string(),
+            "spec.resourceFilter: undeclared reference to 'requrest'"
+        );
     }
 
     #[test]
