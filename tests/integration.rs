@@ -14,6 +14,7 @@ mod config_examples;
 mod defences;
 mod deploy;
 mod filters;
+mod fleet;
 mod forward;
 mod gateway;
 mod loadtest;
