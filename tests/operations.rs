@@ -138,7 +138,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     (
         "fluxgate_relay_patch_duration_seconds",
         "histogram",
-        &["kind"],
+        &["cluster", "kind"],
     ),
     ("fluxgate_relay_queue_depth", "gauge", &["cluster"]),
     (
