@@ -158,10 +158,12 @@ impl HookApp {
         method_and_size(rt, s)?;
         let (mut delivery_id, event) = identify(&receiver, s, log);
         let mut check = verify_head(rt, &receiver, s, client)?;
+        let credential = authenticate(rt, &receiver, s, client).await?;
         continue_if_expected(s).await?;
         let body = read_body(rt, &receiver, s, &mut check).await?;
         verify_body(rt, check, client)?;
-        let evidence = verify_complete(rt, &receiver, s, body.as_deref(), client).await?;
+        let evidence =
+            verify_complete(rt, &receiver, s, body.as_deref(), client, credential).await?;
         if delivery_id.is_none() {
             delivery_id = evidence.delivery_id.as_deref().map(clip_id);
             log.delivery_id.clone_from(&delivery_id);
@@ -531,6 +533,24 @@ fn verify_head(
         .map_err(|r| refused_credential(rt, &r, client))
 }
 
+/// A bearer token checked against its issuer's keys, from the head alone: a sender without a
+/// valid credential never has a body byte read.
+async fn authenticate(
+    rt: &Runtime,
+    receiver: &Receiver,
+    s: &ServerSession,
+    client: IpAddr,
+) -> Phase<Evidence> {
+    if !receiver.verifier.authenticates() {
+        return Ok(Evidence::default());
+    }
+    receiver
+        .verifier
+        .authenticate(&s.req_header().headers)
+        .await
+        .map_err(|r| refused_credential(rt, &r, client))
+}
+
 /// Answers `Expect: 100-continue` once the head has been accepted, so the client sends the body.
 async fn continue_if_expected(s: &mut ServerSession) -> Phase<()> {
     if expects_continue(s) {
@@ -597,21 +617,24 @@ fn verify_body(rt: &Runtime, check: BodyCheck, client: IpAddr) -> Phase<()> {
     })
 }
 
-/// The checks that need the whole body or the network, for types that have them.
+/// The checks that need the whole body, for types that have them; what they learn is added
+/// to what the credential showed.
 async fn verify_complete(
     rt: &Runtime,
     receiver: &Receiver,
     s: &ServerSession,
     body: Option<&[u8]>,
     client: IpAddr,
+    credential: Evidence,
 ) -> Phase<Evidence> {
     if !receiver.verifier.completes() {
-        return Ok(Evidence::default());
+        return Ok(credential);
     }
     receiver
         .verifier
         .complete(&s.req_header().headers, body.unwrap_or_default())
         .await
+        .map(|e| credential.and(e))
         .map_err(|r| refused_credential(rt, &r, client))
 }
 
