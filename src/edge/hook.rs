@@ -4,6 +4,7 @@
 //! check, relay, answer.
 
 use super::answer::Answer;
+use super::body::{BodyCap, KeptBody};
 use super::head;
 use super::live::{Live, Runtime};
 use crate::config::Receiver;
@@ -155,13 +156,17 @@ impl HookApp {
         guards(rt, client)?;
         let receiver = known(rt, route, client)?;
         admitted(&receiver, client)?;
-        method_and_size(rt, s)?;
+        let cap = BodyCap::of(rt.limits.max_body_bytes, &receiver);
+        method_and_size(s, cap)?;
         let (mut delivery_id, event) = identify(&receiver, s, log);
         let mut check = verify_head(rt, &receiver, s, client)?;
         let credential = authenticate(rt, &receiver, s, client).await?;
+        let mut kept = keep_body(rt, &receiver, s)?;
         continue_if_expected(s).await?;
-        let body = read_body(rt, &receiver, s, &mut check).await?;
+        read_body(rt, s, cap, &mut check, kept.as_mut()).await?;
         verify_body(rt, check, client)?;
+        // The reservation is given back when the request has been answered.
+        let (body, _held) = kept.map(KeptBody::into_parts).unzip();
         let evidence =
             verify_complete(rt, &receiver, s, body.as_deref(), client, credential).await?;
         if delivery_id.is_none() {
@@ -486,8 +491,8 @@ fn admitted(receiver: &Receiver, client: IpAddr) -> Phase<()> {
     Ok(())
 }
 
-/// Only POST, and no body declared larger than the limit.
-fn method_and_size(rt: &Runtime, s: &ServerSession) -> Phase<()> {
+/// Only POST, and no body declared larger than the cap.
+fn method_and_size(s: &ServerSession, cap: BodyCap) -> Phase<()> {
     if s.req_header().method != Method::POST {
         return Err(Answer::refused(&Refusal::new(
             405,
@@ -495,8 +500,8 @@ fn method_and_size(rt: &Runtime, s: &ServerSession) -> Phase<()> {
             "only POST is accepted",
         )));
     }
-    if declared_length(s).is_some_and(|n| n > rt.limits.max_body_bytes) {
-        return Err(too_large(rt));
+    if declared_length(s).is_some_and(|n| n > cap.bytes) {
+        return Err(cap.too_large());
     }
     Ok(())
 }
@@ -551,6 +556,15 @@ async fn authenticate(
         .map_err(|r| refused_credential(rt, &r, client))
 }
 
+/// For receivers that keep the body: its memory, reserved from the shared budget before any
+/// of it is read (the declared length, or chunk by chunk), or a 503 past the budget.
+fn keep_body(rt: &Runtime, receiver: &Receiver, s: &ServerSession) -> Phase<Option<KeptBody>> {
+    if !receiver.keep_body {
+        return Ok(None);
+    }
+    KeptBody::reserve(&rt.guard.bodies, declared_length(s).unwrap_or(0)).map(Some)
+}
+
 /// Answers `Expect: 100-continue` once the head has been accepted, so the client sends the body.
 async fn continue_if_expected(s: &mut ServerSession) -> Phase<()> {
     if expects_continue(s) {
@@ -569,13 +583,13 @@ async fn continue_if_expected(s: &mut ServerSession) -> Phase<()> {
 /// after verification reads it; otherwise memory per request does not grow with the body.
 async fn read_body(
     rt: &Runtime,
-    receiver: &Receiver,
     s: &mut ServerSession,
+    cap: BodyCap,
     check: &mut BodyCheck,
-) -> Phase<Option<Vec<u8>>> {
+    mut kept: Option<&mut KeptBody>,
+) -> Phase<()> {
     let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
     let mut total: u64 = 0;
-    let mut body = receiver.keep_body.then(Vec::new);
     loop {
         match timeout_at(deadline, s.read_request_body()).await {
             Err(_) => {
@@ -594,15 +608,15 @@ async fn read_body(
                     format!("malformed body: {}", head::explanation(&e)),
                 )))
             }
-            Ok(Ok(None)) => return Ok(body),
+            Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(chunk))) => {
                 total += chunk.len() as u64;
-                if total > rt.limits.max_body_bytes {
-                    return Err(too_large(rt));
+                if total > cap.bytes {
+                    return Err(cap.too_large());
                 }
                 check.update(&chunk);
-                if let Some(b) = body.as_mut() {
-                    b.extend_from_slice(&chunk);
+                if let Some(b) = kept.as_deref_mut() {
+                    b.push(&chunk, cap, &rt.guard.bodies)?;
                 }
             }
         }
@@ -733,14 +747,6 @@ fn failed(rt: &Runtime, client: IpAddr) {
     if rt.guard.record_failure(client) {
         tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
     }
-}
-
-fn too_large(rt: &Runtime) -> Answer {
-    Answer::refused(&Refusal::new(
-        413,
-        Cause::TooLarge,
-        format!("body larger than {} bytes", rt.limits.max_body_bytes),
-    ))
 }
 
 fn declared_length(s: &ServerSession) -> Option<u64> {
