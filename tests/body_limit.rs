@@ -216,3 +216,22 @@ async fn a_chunked_kept_body_is_cut_at_the_receiver_s_cap() {
     writer.abort();
     assert!(gw.relayed().is_empty());
 }
+
+#[test]
+fn zero_body_caps_are_refused_naming_their_key() {
+    let s = Setup::new().section("[limits]\nbody_memory_bytes = 0");
+    let hub = dockerhub(&s, "hub", "max_body_bytes = 0");
+    let s = s.receiver(&hub);
+    s.offline_kubeconfig();
+    let run = run_check(&s.write_config(8443, 9102), &["--offline"], &[]);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_ne!(run.code, Some(0), "{out}");
+    assert!(
+        out.contains("limits.body_memory_bytes: must be more than zero"),
+        "{out}"
+    );
+    assert!(
+        out.contains("receivers[0].max_body_bytes: must be more than zero"),
+        "{out}"
+    );
+}

@@ -1,7 +1,7 @@
 //! The life cycle of one request on the public listener: head under a deadline and checked
 //! for framing, client address, penalty box, rate, route, allow-list, suspension, method,
-//! size, verification while the body streams in, event filter, per-receiver rate, replay
-//! check, relay, answer.
+//! size, the credential as far as the head shows it, memory for a kept body, verification
+//! while the body streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
 use super::body::{BodyCap, KeptBody};
