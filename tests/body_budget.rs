@@ -86,7 +86,7 @@ async fn stalled_kept_bodies_stay_within_the_budget_while_github_is_answered() {
                 let _ = wr.write_all(&vec![b' '; SENT]).await;
                 wr
             });
-            let got = answer(&mut rd, Duration::from_secs(5)).await;
+            let got = answer(&mut rd, Duration::from_secs(10)).await;
             (got, rd, writer)
         }));
     }
