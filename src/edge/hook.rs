@@ -165,7 +165,7 @@ impl HookApp {
         continue_if_expected(s).await?;
         read_body(rt, s, cap, &mut check, kept.as_mut()).await?;
         verify_body(rt, check, client)?;
-        // The reservation is given back when the request has been answered.
+        // Its share of the budget is held as long as the body: until the relay is done.
         let (body, _held) = kept.map(KeptBody::into_parts).unzip();
         let evidence =
             verify_complete(rt, &receiver, s, body.as_deref(), client, credential).await?;
