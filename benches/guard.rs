@@ -203,6 +203,7 @@ fn default_limits() -> LimitSettings {
         }),
         max_connections_per_ip: 64,
         replay_cache_entries: 100_000,
+        body_memory_bytes: 64 * 1024 * 1024,
     }
 }
 

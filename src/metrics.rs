@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Connections closed before the TLS handshake, by reason.
     pub connections_refused: IntCounterVec,
     pub open_connections: IntGauge,
+    /// Bytes of bodies held in full across requests in flight, against `limits.body_memory_bytes`.
+    pub body_memory: IntGauge,
     pub tls_handshake_failures: IntCounter,
     /// Range-set refreshes, by set and result.
     pub range_refreshes: IntCounterVec,
@@ -74,6 +76,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         open_connections: register_int_gauge!(
             "fluxgate_open_connections",
             "Connections open on the hook listener after the TLS handshake."
+        )?,
+        body_memory: register_int_gauge!(
+            "fluxgate_body_memory_bytes",
+            "Bytes reserved for request bodies held in full (body-keeping receivers) across requests in flight; refusals past limits.body_memory_bytes are counted as outcome body_memory_full."
         )?,
         tls_handshake_failures: register_int_counter!(
             "fluxgate_tls_handshake_failures_total",

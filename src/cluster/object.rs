@@ -439,6 +439,11 @@ mod tests {
         );
         assert_eq!(r.filters.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
         assert!(r.keep_body, "a filter reads req");
+        assert_eq!(
+            r.max_body_bytes,
+            Some(3 * 1024 * 1024),
+            "Flux's cap on kept bodies"
+        );
         assert!(r.suspended);
         assert!(r.allow.is_none() && r.secret_files.is_empty());
         assert_eq!(r.replay_window, std::time::Duration::from_secs(600));
@@ -451,10 +456,12 @@ mod tests {
             replay_window: Some("1m".into()),
             delivery_id_header: Some("X-Delivery".into()),
             jwks: None,
+            max_body_bytes: Some(65536),
             rules: Default::default(),
         };
         let (r, _) =
             build_with(&github(json!({})), Some(Ok(&data(Some(b"t")))), &defaults).unwrap();
+        assert_eq!(r.max_body_bytes, Some(65536));
         assert!(r.allows("192.0.2.7".parse().unwrap()));
         assert!(!r.allows("198.51.100.1".parse().unwrap()));
         assert_eq!(r.replay_window, std::time::Duration::from_secs(60));

@@ -67,7 +67,13 @@ pub struct RawReceiver {
     #[serde(default)]
     oidc_providers: Vec<ProviderSpec>,
     forward: Option<ForwardSpec>,
+    /// The largest body accepted; for body-keeping receivers [`DEFAULT_KEPT_BODY_BYTES`] unless set.
+    max_body_bytes: Option<u64>,
 }
+
+/// Flux's receiver reads at most 3 MiB of a body; a body kept in memory is capped the same way
+/// unless the receiver says otherwise.
+pub const DEFAULT_KEPT_BODY_BYTES: u64 = 3 * 1024 * 1024;
 
 /// One receiver: where it listens, who may use it, how it verifies, and what it asks Flux to
 /// reconcile.
@@ -91,6 +97,9 @@ pub struct Receiver {
     /// Whether the body is kept after verification: for the verifier's own checks, for
     /// filters that read `req`, or to forward it.
     pub keep_body: bool,
+    /// The receiver's own cap on bodies (`max_body_bytes`), under `server.max_body_bytes`:
+    /// always set when the body is kept, since every byte of it is held in memory.
+    pub max_body_bytes: Option<u64>,
     pub forward: Option<ForwardSpec>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
@@ -271,6 +280,9 @@ fn build(
             );
         }
     }
+    if r.max_body_bytes == Some(0) {
+        p.add(format!("{key}.max_body_bytes"), "must be more than zero");
+    }
     if let Some(f) = &r.forward {
         for (field, reason) in f.problems() {
             p.add(format!("{key}.forward.{field}"), reason);
@@ -382,12 +394,16 @@ fn build(
     // generic-oidc has no secret: Flux hashes an empty token, so its path is public.
     let token = secrets.first().map_or(&[][..], |s| s.expose());
     let filters_read_req = filters.iter().flatten().any(Expr::reads_req);
+    let keep_body = verifier.reads_body() || filters_read_req || r.forward.is_some();
     Some(Receiver {
         id,
         path: r
             .path
             .unwrap_or_else(|| flux_hook_path(token, &r.name, &r.namespace)),
-        keep_body: verifier.reads_body() || filters_read_req || r.forward.is_some(),
+        keep_body,
+        max_body_bytes: r
+            .max_body_bytes
+            .or(keep_body.then_some(DEFAULT_KEPT_BODY_BYTES)),
         verifier,
         filters,
         forward: r.forward,

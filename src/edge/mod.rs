@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod body;
 pub mod connection;
 pub mod head;
 pub mod hook;

@@ -3,6 +3,7 @@
 //! delivery was already relayed.
 
 pub mod allow;
+pub mod budget;
 pub mod cidr;
 pub mod client_ip;
 pub mod ranges;
@@ -10,6 +11,7 @@ pub mod rate;
 pub mod replay;
 
 use crate::config::LimitSettings;
+use budget::BodyBudget;
 use cidr::IpSet;
 use rate::{Connections, FailurePolicy, Failures, IpKey, Limiter, Rate};
 use replay::Replays;
@@ -26,6 +28,8 @@ pub struct Guard {
     failures: Option<Arc<(FailurePolicy, Failures)>>,
     pub connections: Arc<Connections>,
     pub replays: Arc<Replays>,
+    /// Bytes of bodies held in full across requests in flight; kept across reloads.
+    pub bodies: Arc<BodyBudget>,
     /// Peers whose `X-Forwarded-For` is believed; they carry many clients, so they are never
     /// limited or blocked as one.
     pub trusted: IpSet,
@@ -33,6 +37,12 @@ pub struct Guard {
 
 /// Addresses tracked by the penalty box at most; beyond it, expired entries are swept first.
 const MAX_TRACKED_FAILURES: usize = 100_000;
+
+fn report_body_memory(held: u64) {
+    crate::metrics::get()
+        .body_memory
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
+}
 
 fn keep<S: PartialEq + Copy, T>(
     old: Option<&Arc<(S, T)>>,
@@ -56,6 +66,7 @@ impl Guard {
             }),
             connections: Arc::new(Connections::new(limits.max_connections_per_ip)),
             replays: Arc::new(Replays::new(limits.replay_cache_entries)),
+            bodies: BodyBudget::new(limits.body_memory_bytes, report_body_memory),
             trusted,
         }
     }
@@ -64,6 +75,7 @@ impl Guard {
     pub fn reconfigure(&self, limits: &LimitSettings, trusted: IpSet) -> Self {
         self.connections.set_max(limits.max_connections_per_ip);
         self.replays.set_capacity(limits.replay_cache_entries);
+        self.bodies.set_limit(limits.body_memory_bytes);
         Guard {
             per_ip: keep(self.per_ip.as_ref(), limits.per_ip, Limiter::new),
             per_receiver: keep(
@@ -76,6 +88,7 @@ impl Guard {
             }),
             connections: self.connections.clone(),
             replays: self.replays.clone(),
+            bodies: self.bodies.clone(),
             trusted,
         }
     }
