@@ -7,9 +7,9 @@ use super::answer::Answer;
 use super::head;
 use super::live::{Live, Runtime};
 use crate::config::Receiver;
-use crate::guard::client_ip;
+use crate::guard::client_ip::{self, Client};
 use crate::guard::rate::retry_after_secs;
-use crate::guard::replay::Claim;
+use crate::guard::replay::{self, Claim};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::filter;
@@ -137,7 +137,7 @@ impl HookApp {
             return Answer::refused(&r).closing();
         }
         let req = s.req_header();
-        let client = client_ip::resolve(
+        let who = client_ip::resolve(
             peer,
             req.headers
                 .get_all("x-forwarded-for")
@@ -145,12 +145,13 @@ impl HookApp {
                 .map(|v| v.as_bytes()),
             &rt.guard.trusted,
         );
+        let client = who.addr();
         log.client = Some(client);
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
         let route = rt.routes.find(&req.uri).cloned();
         log.receiver = route.clone();
-        if let Some(wait) = rt.guard.blocked(client) {
+        if let Some(wait) = rt.guard.blocked_for(who, route.as_ref().map(|r| r.id)) {
             return Answer::refused(&Refusal::new(
                 429,
                 Cause::Blocked,
@@ -158,7 +159,7 @@ impl HookApp {
             ))
             .retry_after(retry_after_secs(wait));
         }
-        if let Err(wait) = rt.guard.check_ip(client) {
+        if let Err(wait) = rt.guard.check_ip(who) {
             return Answer::refused(&Refusal::new(
                 429,
                 Cause::RateLimited,
@@ -167,7 +168,7 @@ impl HookApp {
             .retry_after(retry_after_secs(wait));
         }
         let Some(receiver) = route else {
-            failed(rt, client);
+            failed(rt, who, None);
             return Answer::refused(&Refusal::unknown_hook());
         };
         if !receiver.allows(client) {
@@ -208,7 +209,7 @@ impl HookApp {
             Ok(c) => c,
             Err(r) => {
                 if r.status == 401 {
-                    failed(rt, client);
+                    failed(rt, who, Some(receiver.id));
                 }
                 return Answer::refused(&r);
             }
@@ -227,6 +228,8 @@ impl HookApp {
         // Kept only when something after verification reads it; otherwise memory per request
         // does not grow with the body.
         let mut body = receiver.keep_body.then(Vec::new);
+        let mut digest =
+            replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
         loop {
             match timeout_at(deadline, s.read_request_body()).await {
                 Err(_) => {
@@ -252,6 +255,7 @@ impl HookApp {
                         return too_large(rt);
                     }
                     check.update(&chunk);
+                    digest.update(&chunk);
                     if let Some(b) = body.as_mut() {
                         b.extend_from_slice(&chunk);
                     }
@@ -259,7 +263,7 @@ impl HookApp {
             }
         }
         if let Err(r) = check.finish() {
-            failed(rt, client);
+            failed(rt, who, Some(receiver.id));
             return Answer::refused(&r);
         }
         let req = s.req_header();
@@ -269,7 +273,7 @@ impl HookApp {
                 Ok(e) => e,
                 Err(r) => {
                     if r.status == 401 {
-                        failed(rt, client);
+                        failed(rt, who, Some(receiver.id));
                     }
                     return Answer::refused(&r);
                 }
@@ -319,31 +323,26 @@ impl HookApp {
             ))
             .retry_after(retry_after_secs(wait));
         }
-        let claimed = match &delivery_id {
-            Some(id) if !receiver.replay_window.is_zero() => {
-                match rt
-                    .guard
-                    .replays
-                    .claim(receiver.id, id, receiver.replay_window)
-                {
-                    Claim::Duplicate => {
-                        return Answer::json(
-                            200,
-                            "duplicate",
-                            &Summary {
-                                receiver: &receiver.label,
-                                delivery: Some(id),
-                                duplicate: Some(true),
-                                relayed: false,
-                                ..Summary::default()
-                            },
-                        )
-                    }
-                    Claim::New => Some(id.as_str()),
-                }
-            }
-            _ => None,
-        };
+        let marks = replay::marks(delivery_id.as_deref(), digest.finish());
+        if !receiver.replay_window.is_zero()
+            && rt
+                .guard
+                .replays
+                .claim(receiver.id, &marks, receiver.replay_window)
+                == Claim::Duplicate
+        {
+            return Answer::json(
+                200,
+                "duplicate",
+                &Summary {
+                    receiver: &receiver.label,
+                    delivery: delivery_id.as_deref(),
+                    duplicate: Some(true),
+                    relayed: false,
+                    ..Summary::default()
+                },
+            );
+        }
         let answer = match &receiver.forward {
             Some(spec) => {
                 self.forward_to(&receiver, spec, verified, client, log)
@@ -353,9 +352,7 @@ impl HookApp {
         };
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
-            if let Some(id) = claimed {
-                rt.guard.replays.release(receiver.id, id);
-            }
+            rt.guard.replays.release(receiver.id, &marks);
         }
         answer
     }
@@ -573,9 +570,9 @@ fn clip_id(id: &str) -> String {
     id.chars().take(128).collect()
 }
 
-fn failed(rt: &Runtime, client: IpAddr) {
-    if rt.guard.record_failure(client) {
-        tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
+fn failed(rt: &Runtime, who: Client, receiver: Option<u32>) {
+    if rt.guard.record_failure(who, receiver, &rt.ranges) {
+        tracing::warn!(client = %who.addr(), "address blocked after repeated failed verifications or unknown paths");
     }
 }
 
