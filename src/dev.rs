@@ -39,8 +39,9 @@ pub struct DevOptions {
     /// The receiver's name (with namespace flux-system it makes the hook path).
     #[arg(long, default_value = "github-receiver")]
     receiver: String,
-    /// For load tests (bench/peers/run.sh): rate limits wide open, no penalty box, answers
-    /// 202 as soon as a delivery is queued, an in-memory queue, and only warnings logged.
+    /// For load tests (bench/peers/run.sh): rate limits wide open, no penalty box, no
+    /// deduplication (load generators repeat one signed body with fresh ids), answers 202 as
+    /// soon as a delivery is queued, an in-memory queue, and only warnings logged.
     #[arg(long)]
     pub bench: bool,
 }
@@ -172,7 +173,7 @@ namespace = "flux-system"
 type = "github"
 events = ["ping", "push"]
 secret_file = "{token}"
-resources = [
+{replay}resources = [
   {{ kind = "GitRepository", name = "podinfo" }},
   {{ kind = "Kustomization", apiVersion = "kustomize.toolkit.fluxcd.io/v1", name = "*", matchLabels = {{ "app.kubernetes.io/part-of" = "podinfo" }} }},
 ]
@@ -183,6 +184,11 @@ resources = [
         token = token_path.display(),
         cert = cert_path.display(),
         key = key_path.display(),
+        replay = if opts.bench {
+            "replay_window = \"0s\"\n"
+        } else {
+            ""
+        },
     );
     let config_path = write(&dir, "fluxgate.toml", config)?;
     let body_path = write(&dir, "push.json", PUSH)?;

@@ -95,7 +95,9 @@ fn setup(cluster_extra: &str) -> Setup {
 /// A signed GitHub push to the Receiver `name` whose token is `token`: (status, body).
 async fn push(gw: &Gateway, token: &str, name: &str) -> (u16, String) {
     let path = hook(token, name, NS);
-    gw.post(&path, &refs(&signed(token, PUSH, &uid())), PUSH)
+    // Another push each time: the same signed body again would be a replay.
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{}"}}"#, commit()).into_bytes();
+    gw.post(&path, &refs(&signed(token, &body, &uid())), body)
         .await
 }
 

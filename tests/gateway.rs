@@ -397,6 +397,8 @@ async fn every_receiver_type_passes_right_and_fails_wrong() {
     }
     let p = hook("gh-s", "gh", "flux-system");
     for alg in ["sha1", "sha256", "sha512"] {
+        // Another body per algorithm: the same signed body again would be a replay.
+        let body = [body.as_slice(), alg.as_bytes()].concat();
         for (key, ok) in [("gh-s", true), ("nope", false)] {
             // generic-hmac has no content-type rule.
             let (st, _) = gw

@@ -719,7 +719,9 @@ fn config() -> Setup {
             "[relay]\nmin_interval = \"1ms\"\n\n[limits]\nper_ip = \"off\"\nper_receiver = \"off\"\nblock_after_failures = 0\nmax_connections_per_ip = 0",
         );
     let r = format!(
-        "name = \"{NAME}\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        // Every valid case sends the same signed body: with deduplication on, all but the first
+        // would be answered as replays.
+        "name = \"{NAME}\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nreplay_window = \"0s\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
         s.secret(NAME, SECRET).display()
     );
     s.receiver(&r)

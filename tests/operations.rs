@@ -24,7 +24,7 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
 
 /// POSTs a GitHub push signed with `secret` to `path` from 127.0.0.1; (status, body).
 async fn push(gw: &Gateway, path: &str, secret: &str) -> (u16, String) {
-    let body = fixture("github/push.json");
+    let body = fresh_push();
     gw.post(path, &refs(&signed(secret, &body, &uid())), body)
         .await
 }

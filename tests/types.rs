@@ -155,13 +155,20 @@ async fn nexus_bare_hex_hmac_sha1_then_the_payload() {
     assert_eq!(name, SIG);
     relayed(&gw, &path, &[(name, value)], other).await;
 
-    // The same delivery id again is a redelivery: answered, not relayed twice.
+    // The same delivery id again is a redelivery: answered, not relayed twice. (Another body
+    // than the first delivery's: the same signed body again is a replay whatever its id.)
     let id = (
         "X-Nexus-Webhook-Delivery",
         "7f4a6dde-5c68-4999-bcc0-a62f3fb8ae48",
     );
-    relayed(&gw, &path, &[(SIG, &good), id], body.clone()).await;
-    let (status, text) = gw.post(&path, &[(SIG, &good), id], body.clone()).await;
+    let third = [body.as_slice(), b"\n"].concat();
+    let signed_third = fluxgate::verify::signature::sign(
+        fluxgate::verify::Algorithm::Sha1,
+        TOKEN.as_bytes(),
+        &third,
+    );
+    relayed(&gw, &path, &[(SIG, &signed_third), id], third.clone()).await;
+    let (status, text) = gw.post(&path, &[(SIG, &signed_third), id], third).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(
         serde_json::from_str::<Value>(&text).unwrap()["duplicate"],

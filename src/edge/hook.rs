@@ -8,9 +8,9 @@ use super::body::{BodyCap, KeptBody};
 use super::head;
 use super::live::{Live, Runtime};
 use crate::config::Receiver;
-use crate::guard::client_ip;
+use crate::guard::client_ip::{self, Client};
 use crate::guard::rate::retry_after_secs;
-use crate::guard::replay::Claim;
+use crate::guard::replay::{self, Claim, Mark};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::filter;
@@ -149,33 +149,36 @@ impl HookApp {
         log: &mut Delivery,
     ) -> Phase<Answer> {
         check_head(rt, s)?;
-        let client = client_address(rt, s, peer, log);
+        let who = client_address(rt, s, peer, log);
+        let client = who.addr();
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
         let route = route(rt, s, log);
-        guards(rt, client)?;
-        let receiver = known(rt, route, client)?;
+        guards(rt, who, route.as_deref())?;
+        let receiver = known(rt, route, who)?;
         admitted(&receiver, client)?;
         let cap = BodyCap::of(rt.limits.max_body_bytes, &receiver);
         method_and_size(s, cap)?;
         let (mut delivery_id, event) = identify(&receiver, s, log);
-        let mut check = verify_head(rt, &receiver, s, client)?;
-        let credential = authenticate(rt, &receiver, s, client).await?;
+        let mut check = verify_head(rt, &receiver, s, who)?;
+        let credential = authenticate(rt, &receiver, s, who).await?;
         let mut kept = keep_body(rt, &receiver, s)?;
         continue_if_expected(s).await?;
-        read_body(rt, s, cap, &mut check, kept.as_mut()).await?;
-        verify_body(rt, check, client)?;
+        // What identifies a signed body for the replay check, computed as it streams.
+        let mut digest =
+            replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
+        read_body(rt, s, cap, &mut check, &mut digest, kept.as_mut()).await?;
+        verify_body(rt, check, who, &receiver)?;
         // Its share of the budget is held as long as the body: until the relay is done.
         let (body, _held) = kept.map(KeptBody::into_parts).unzip();
-        let evidence =
-            verify_complete(rt, &receiver, s, body.as_deref(), client, credential).await?;
+        let evidence = verify_complete(rt, &receiver, s, body.as_deref(), who, credential).await?;
         if delivery_id.is_none() {
             delivery_id = evidence.delivery_id.as_deref().map(clip_id);
             log.delivery_id.clone_from(&delivery_id);
         }
         event_accepted(&receiver, event.as_deref(), log)?;
         receiver_rate(rt, &receiver)?;
-        let claimed = replay(rt, &receiver, delivery_id.as_deref())?;
+        let marks = replay(rt, &receiver, delivery_id.as_deref(), digest.finish())?;
         let verified = Verified {
             head: s.req_header(),
             body,
@@ -186,9 +189,7 @@ impl HookApp {
             .await;
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
-            if let Some(id) = claimed {
-                rt.guard.replays.release(receiver.id, id);
-            }
+            rt.guard.replays.release(receiver.id, &marks);
         }
         Ok(answer)
     }
@@ -422,8 +423,8 @@ fn check_head(rt: &Runtime, s: &ServerSession) -> Phase<()> {
 }
 
 /// The client's address: the peer's, or the one a trusted proxy forwarded.
-fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Delivery) -> IpAddr {
-    let client = client_ip::resolve(
+fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Delivery) -> Client {
+    let who = client_ip::resolve(
         peer,
         s.req_header()
             .headers
@@ -432,8 +433,8 @@ fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Deliv
             .map(|v| v.as_bytes()),
         &rt.guard.trusted,
     );
-    log.client = Some(client);
-    client
+    log.client = Some(who.addr());
+    who
 }
 
 /// The receiver the path names, if any.
@@ -443,9 +444,10 @@ fn route(rt: &Runtime, s: &ServerSession, log: &mut Delivery) -> Option<Arc<Rece
     route
 }
 
-/// The penalty box and the per-address rate, for every request, known path or not.
-fn guards(rt: &Runtime, client: IpAddr) -> Phase<()> {
-    if let Some(wait) = rt.guard.blocked(client) {
+/// The penalty box (address-wide, or for this receiver only when the address is a
+/// provider's) and the per-address rate, for every request, known path or not.
+fn guards(rt: &Runtime, who: Client, route: Option<&Receiver>) -> Phase<()> {
+    if let Some(wait) = rt.guard.blocked_for(who, route.map(|r| r.id)) {
         return Err(Answer::refused(&Refusal::new(
             429,
             Cause::Blocked,
@@ -453,11 +455,11 @@ fn guards(rt: &Runtime, client: IpAddr) -> Phase<()> {
         ))
         .retry_after(retry_after_secs(wait)));
     }
-    if let Err(wait) = rt.guard.check_ip(client) {
+    if let Err(wait) = rt.guard.check_ip(who) {
         return Err(Answer::refused(&Refusal::new(
             429,
             Cause::RateLimited,
-            format!("too many requests from {client}"),
+            format!("too many requests from {}", who.addr()),
         ))
         .retry_after(retry_after_secs(wait)));
     }
@@ -465,9 +467,9 @@ fn guards(rt: &Runtime, client: IpAddr) -> Phase<()> {
 }
 
 /// An unknown path counts as a failure of the address, like a bad signature.
-fn known(rt: &Runtime, route: Option<Arc<Receiver>>, client: IpAddr) -> Phase<Arc<Receiver>> {
+fn known(rt: &Runtime, route: Option<Arc<Receiver>>, who: Client) -> Phase<Arc<Receiver>> {
     route.ok_or_else(|| {
-        failed(rt, client);
+        failed(rt, who, None);
         Answer::refused(&Refusal::unknown_hook())
     })
 }
@@ -530,12 +532,12 @@ fn verify_head(
     rt: &Runtime,
     receiver: &Receiver,
     s: &ServerSession,
-    client: IpAddr,
+    who: Client,
 ) -> Phase<BodyCheck> {
     receiver
         .verifier
         .begin(&s.req_header().headers)
-        .map_err(|r| refused_credential(rt, &r, client))
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
 }
 
 /// A bearer token checked against its issuer's keys, from the head alone: a sender without a
@@ -544,7 +546,7 @@ async fn authenticate(
     rt: &Runtime,
     receiver: &Receiver,
     s: &ServerSession,
-    client: IpAddr,
+    who: Client,
 ) -> Phase<Evidence> {
     if !receiver.verifier.authenticates() {
         return Ok(Evidence::default());
@@ -553,7 +555,7 @@ async fn authenticate(
         .verifier
         .authenticate(&s.req_header().headers)
         .await
-        .map_err(|r| refused_credential(rt, &r, client))
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
 }
 
 /// For receivers that keep the body: its memory, reserved from the shared budget before any
@@ -586,6 +588,7 @@ async fn read_body(
     s: &mut ServerSession,
     cap: BodyCap,
     check: &mut BodyCheck,
+    digest: &mut replay::BodyDigest,
     mut kept: Option<&mut KeptBody>,
 ) -> Phase<()> {
     let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
@@ -615,6 +618,7 @@ async fn read_body(
                     return Err(cap.too_large());
                 }
                 check.update(&chunk);
+                digest.update(&chunk);
                 if let Some(b) = kept.as_deref_mut() {
                     b.push(&chunk, cap, &rt.guard.bodies)?;
                 }
@@ -624,9 +628,9 @@ async fn read_body(
 }
 
 /// The HMAC over the body, once all of it has streamed through.
-fn verify_body(rt: &Runtime, check: BodyCheck, client: IpAddr) -> Phase<()> {
+fn verify_body(rt: &Runtime, check: BodyCheck, who: Client, receiver: &Receiver) -> Phase<()> {
     check.finish().map_err(|r| {
-        failed(rt, client);
+        failed(rt, who, Some(receiver.id));
         Answer::refused(&r)
     })
 }
@@ -638,7 +642,7 @@ async fn verify_complete(
     receiver: &Receiver,
     s: &ServerSession,
     body: Option<&[u8]>,
-    client: IpAddr,
+    who: Client,
     credential: Evidence,
 ) -> Phase<Evidence> {
     if !receiver.verifier.completes() {
@@ -649,14 +653,14 @@ async fn verify_complete(
         .complete(&s.req_header().headers, body.unwrap_or_default())
         .await
         .map(|e| credential.and(e))
-        .map_err(|r| refused_credential(rt, &r, client))
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
 }
 
 /// A refusal from a verifier; a 401 counts against the address, a 503 (keys unavailable)
 /// does not.
-fn refused_credential(rt: &Runtime, r: &Refusal, client: IpAddr) -> Answer {
+fn refused_credential(rt: &Runtime, r: &Refusal, who: Client, receiver: &Receiver) -> Answer {
     if r.status == 401 {
-        failed(rt, client);
+        failed(rt, who, Some(receiver.id));
     }
     Answer::refused(r)
 }
@@ -707,34 +711,39 @@ fn receiver_rate(rt: &Runtime, receiver: &Receiver) -> Phase<()> {
     })
 }
 
-/// Claims the delivery id in the replay cache; a duplicate is answered 200 without a relay.
-/// Returns the id claimed, to release if the relay fails.
-fn replay<'i>(
+/// Claims the delivery id and, for types whose signature covers the body, the body's digest
+/// in the replay cache: either seen within the window makes a duplicate, answered 200
+/// without a relay. Returns what was claimed, to release if the relay fails.
+fn replay(
     rt: &Runtime,
     receiver: &Receiver,
-    delivery_id: Option<&'i str>,
-) -> Phase<Option<&'i str>> {
-    let Some(id) = delivery_id.filter(|_| !receiver.replay_window.is_zero()) else {
-        return Ok(None);
-    };
-    match rt
-        .guard
-        .replays
-        .claim(receiver.id, id, receiver.replay_window)
-    {
-        Claim::Duplicate => Err(Answer::json(
-            200,
-            "duplicate",
-            &Summary {
-                receiver: &receiver.label,
-                delivery: Some(id),
-                duplicate: Some(true),
-                relayed: false,
-                ..Summary::default()
-            },
-        )),
-        Claim::New => Ok(Some(id)),
+    delivery_id: Option<&str>,
+    body: Option<[u8; 32]>,
+) -> Phase<Vec<Mark>> {
+    if receiver.replay_window.is_zero() {
+        return Ok(Vec::new());
     }
+    let marks = replay::marks(delivery_id, body);
+    if marks.is_empty()
+        || rt
+            .guard
+            .replays
+            .claim(receiver.id, &marks, receiver.replay_window)
+            == Claim::New
+    {
+        return Ok(marks);
+    }
+    Err(Answer::json(
+        200,
+        "duplicate",
+        &Summary {
+            receiver: &receiver.label,
+            delivery: delivery_id,
+            duplicate: Some(true),
+            relayed: false,
+            ..Summary::default()
+        },
+    ))
 }
 
 /// A provider's delivery id as it is remembered and logged: at most 128 characters, so a
@@ -743,9 +752,9 @@ fn clip_id(id: &str) -> String {
     id.chars().take(128).collect()
 }
 
-fn failed(rt: &Runtime, client: IpAddr) {
-    if rt.guard.record_failure(client) {
-        tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
+fn failed(rt: &Runtime, who: Client, receiver: Option<u32>) {
+    if rt.guard.record_failure(who, receiver, &rt.ranges) {
+        tracing::warn!(client = %who.addr(), "address blocked after repeated failed verifications or unknown paths");
     }
 }
 

@@ -13,7 +13,9 @@ pub mod replay;
 use crate::config::LimitSettings;
 use budget::BodyBudget;
 use cidr::IpSet;
-use rate::{Connections, FailurePolicy, Failures, IpKey, Limiter, Rate};
+use client_ip::Client;
+use ranges::RangeSet;
+use rate::{Connections, FailurePolicy, IpKey, Limiter, PenaltyBox, Rate, Scope};
 use replay::Replays;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use std::time::Duration;
 pub struct Guard {
     per_ip: Option<Arc<(Rate, Limiter<IpKey>)>>,
     per_receiver: Option<Arc<(Rate, Limiter<u32>)>>,
-    failures: Option<Arc<(FailurePolicy, Failures)>>,
+    failures: Option<Arc<(FailurePolicy, PenaltyBox)>>,
     pub connections: Arc<Connections>,
     pub replays: Arc<Replays>,
     /// Bytes of bodies held in full across requests in flight; kept across reloads.
@@ -35,7 +37,8 @@ pub struct Guard {
     pub trusted: IpSet,
 }
 
-/// Addresses tracked by the penalty box at most; beyond it, expired entries are swept first.
+/// Keys tracked by each of the penalty box's maps at most; beyond it, expired entries are
+/// swept first, and new keys are not tracked while it is still full.
 const MAX_TRACKED_FAILURES: usize = 100_000;
 
 fn report_body_memory(held: u64) {
@@ -62,7 +65,7 @@ impl Guard {
             per_ip: keep(None, limits.per_ip, Limiter::new),
             per_receiver: keep(None, limits.per_receiver, Limiter::new),
             failures: keep(None, limits.failures, |f| {
-                Failures::new(f, MAX_TRACKED_FAILURES)
+                PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: Arc::new(Connections::new(limits.max_connections_per_ip)),
             replays: Arc::new(Replays::new(limits.replay_cache_entries)),
@@ -84,7 +87,7 @@ impl Guard {
                 Limiter::new,
             ),
             failures: keep(self.failures.as_ref(), limits.failures, |f| {
-                Failures::new(f, MAX_TRACKED_FAILURES)
+                PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: self.connections.clone(),
             replays: self.replays.clone(),
@@ -97,19 +100,60 @@ impl Guard {
         self.trusted.contains(ip)
     }
 
-    /// How long `ip` is still in the penalty box.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        self.failures.as_ref()?.1.blocked(ip)
+    /// The key a client is limited by, or `None` for a trusted proxy standing for its many
+    /// clients (no header, or only proxies in it).
+    fn key(&self, client: Client) -> Option<IpKey> {
+        match client {
+            Client::Addr(ip) if self.is_trusted(ip) => None,
+            c => Some(IpKey::from(c)),
+        }
     }
 
-    /// Counts a failed verification or an unknown path; true when it put `ip` in the box.
-    pub fn record_failure(&self, ip: IpAddr) -> bool {
-        !self.is_trusted(ip) && self.failures.as_ref().is_some_and(|f| f.1.record(ip))
+    /// How long `client` is still in the penalty box for every receiver: what the connection
+    /// filter refuses before the handshake.
+    pub fn blocked(&self, client: impl Into<Client>) -> Option<Duration> {
+        self.failures.as_ref()?.1.blocked(self.key(client.into())?)
     }
 
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.per_ip {
-            Some(l) if !self.is_trusted(ip) => l.1.check(&IpKey::from(ip)),
+    /// How long `client` is still in the penalty box for `receiver` (`None`: an unknown path),
+    /// whether blocked for every receiver or, as a provider's address, for this one.
+    pub fn blocked_for(
+        &self,
+        client: impl Into<Client>,
+        receiver: Option<u32>,
+    ) -> Option<Duration> {
+        self.failures
+            .as_ref()?
+            .1
+            .blocked_for(self.key(client.into())?, receiver)
+    }
+
+    /// Counts a failed verification (`receiver` given) or an unknown path (`None`); true when
+    /// it put the client in the box. `sets` are the configuration's named range sets: a
+    /// failure from a provider's address counts against that receiver only (see
+    /// [`PenaltyBox`]).
+    pub fn record_failure(
+        &self,
+        client: impl Into<Client>,
+        receiver: Option<u32>,
+        sets: &[Arc<RangeSet>],
+    ) -> bool {
+        let client = client.into();
+        let (Some(f), Some(key)) = (&self.failures, self.key(client)) else {
+            return false;
+        };
+        let shared = matches!(client, Client::Addr(ip) if ranges::is_provider(ip, sets));
+        let scope = match (shared, receiver) {
+            (false, _) => Scope::Address,
+            (true, Some(r)) => Scope::Receiver(r),
+            (true, None) => Scope::Nowhere,
+        };
+        f.1.record(key, scope)
+    }
+
+    pub fn check_ip(&self, client: impl Into<Client>) -> Result<(), Duration> {
+        match (&self.per_ip, self.key(client.into())) {
+            (Some(l), Some(key)) => l.1.check(&key),
             _ => Ok(()),
         }
     }
