@@ -489,6 +489,33 @@ async fn cluster_receivers_alone() {
     served(&gw, "test-token", "receiver-secret").await;
 }
 
+#[tokio::test]
+async fn with_no_receiver_objects_an_unknown_path_is_404_over_tls() {
+    // A fresh install: cluster mode, no [[receivers]], no Receiver objects yet, no allow-list.
+    let s = Setup::new()
+        .section(&cluster_section(""))
+        .section(NO_LIMITS);
+    let gw = s.start_with(cluster(&["webhook-token"], Vec::new()));
+    wait_ready(&gw).await;
+    let unknown = hook("nobody", "nothing", NS);
+    let (status, body) = gw.post(&unknown, &[], "{}").await;
+    assert_eq!(status, 404, "{body}");
+
+    // The first Receiver, then none again: still answered, not closed before TLS.
+    gw.api.put_object(token_secret("webhook-token", "t"));
+    gw.api
+        .put_object(github("github-receiver", "webhook-token"));
+    served(&gw, "t", "github-receiver").await;
+    gw.api
+        .delete_object(RECEIVER, "Receiver", NS, "github-receiver");
+    gone(&gw, "t", "github-receiver").await;
+    assert_eq!(gw.post(&unknown, &[], "{}").await.0, 404);
+    assert_eq!(
+        gw.metric("fluxgate_connections_refused_total{reason=\"not_allowed\"}"),
+        0.0
+    );
+}
+
 /// `fluxgate check --offline`: (success, output).
 fn check(s: &Setup) -> (bool, String) {
     s.offline_kubeconfig();
