@@ -516,6 +516,33 @@ async fn with_no_receiver_objects_an_unknown_path_is_404_over_tls() {
     );
 }
 
+#[tokio::test]
+async fn a_receiver_with_no_resources_is_answered_200_and_reconciles_nothing() {
+    let mut r = github("no-resources", "webhook-token");
+    r["spec"]["resources"] = json!([]);
+    let api = cluster(
+        &["webhook-token"],
+        vec![token_secret("webhook-token", "t"), r],
+    );
+    let gw = setup("").start_with(api);
+    wait_ready(&gw).await;
+    served(&gw, "t", "no-resources").await;
+    let (status, body) = push(&gw, "t", "no-resources").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["patched"], json!([]), "{body}");
+    assert!(gw.patches().is_empty(), "{:?}", gw.patches());
+    assert!(
+        gw.logs().contains("Receiver flux-system/no-resources: spec.resources: none; deliveries are verified and answered 200 with nothing reconciled"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(
+        gw.metric("fluxgate_cluster_receivers{state=\"skipped\"}"),
+        0.0
+    );
+}
+
 /// `fluxgate check --offline`: (success, output).
 fn check(s: &Setup) -> (bool, String) {
     s.offline_kubeconfig();

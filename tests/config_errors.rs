@@ -240,3 +240,18 @@ fn secret_files_others_may_read_draw_a_warning() {
         );
     }
 }
+
+#[test]
+fn a_receiver_with_no_resources_draws_a_warning_as_flux_accepts_it() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "t", "[]");
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: receivers[0].resources: none; deliveries are verified and answered 200 with nothing reconciled, as in Flux"),
+        "{out}"
+    );
+    assert!(out.contains("-> 0 target(s)"), "{out}");
+}

@@ -287,10 +287,11 @@ fn build(
             ));
         }
     } else if r.resources.is_empty() {
-        p.add(
-            format!("{key}.resources"),
-            "none; list the Flux objects to reconcile, or forward deliveries to Flux (forward = {})",
-        );
+        // Flux accepts a Receiver with `resources: []` and answers its deliveries 200; refusing
+        // it would leave such a Receiver silently unserved in cluster mode.
+        warnings.push(format!(
+            "{key}.resources: none; deliveries are verified and answered 200 with nothing reconciled, as in Flux (list the Flux objects to reconcile, or forward = {{}} to Flux)"
+        ));
     }
     let scope = Scope::Filter {
         claims: kind == Some(ReceiverType::GenericOidc),
