@@ -3,7 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretSlice};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A receiver token. `Debug` shows nothing of it; comparisons go through `subtle`.
@@ -45,15 +45,57 @@ impl Secret {
     }
 }
 
-/// A warning when a file holding a secret (a token, a private key, a kubeconfig) may be read
-/// by anyone but its owner: the gateway's own account is the only one that needs it.
+/// Why a file holding a secret (a token, a private key, a kubeconfig) is not kept to the
+/// gateway's account: others may read it, or may swap it through a directory on its way that
+/// they may write to or own. `serve` warns and serves (a running gateway should not stop over
+/// it); `check` counts it as a problem.
 pub fn loose_permissions(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
+    let mut why = Vec::new();
+    if mode & 0o077 != 0 {
+        why.push(format!(
             "{} is readable by others than its owner (mode {mode:04o}); chmod 600 it, or set defaultMode: 0400 on a Kubernetes secret volume",
             path.display()
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    why.extend(
+        holding_dirs(path)
+            .iter()
+            .filter_map(|d| loose_directory(d, me)),
+    );
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The directories a path goes through, its own first, up to the root.
+fn holding_dirs(path: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    absolute
+        .ancestors()
+        .skip(1)
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// A directory whose owner is neither `me` nor root, or that others may write to, lets them
+/// replace what it holds. The sticky bit (as on /tmp, or a Kubernetes secret volume) stops
+/// others from renaming or deleting what they do not own, so it is safe.
+fn loose_directory(dir: &Path, me: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "the directory {} is owned by uid {}, neither fluxgate's user nor root, who could replace what it holds",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
+        format!(
+            "the directory {} is writable by others than its owner (mode {mode:04o}), who could replace what it holds; chmod go-w it",
+            dir.display()
         )
     })
 }
@@ -100,6 +142,57 @@ mod tests {
             assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
         }
         assert!(loose_permissions(&p).unwrap().contains("mode 0644"));
+    }
+
+    #[test]
+    fn directories_others_may_write_to_or_own_draw_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("etc");
+        std::fs::create_dir(&dir).unwrap();
+        let p = dir.join("token");
+        std::fs::write(&p, "t").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let set = |d: &Path, mode: u32| {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (mode, warned) in [
+            (0o700, false),
+            (0o755, false),
+            (0o775, true),
+            (0o757, true),
+            // Sticky: others may add files, not replace this one.
+            (0o1777, false),
+        ] {
+            set(&dir, mode);
+            let w = loose_permissions(&p);
+            assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
+        }
+        set(&dir, 0o777);
+        let w = loose_permissions(&p).unwrap();
+        assert!(
+            w.contains(&format!(
+                "the directory {} is writable by others than its owner (mode 0777)",
+                dir.display()
+            )),
+            "{w}"
+        );
+        // A directory further up counts too.
+        set(&dir, 0o700);
+        set(top.path(), 0o777);
+        let w = loose_permissions(&p).unwrap();
+        assert!(w.contains(&top.path().display().to_string()), "{w}");
+        set(top.path(), 0o700);
+        assert_eq!(loose_permissions(&p), None);
+        // Owned by someone else (only root can give a directory away).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+            let w = loose_permissions(&p).unwrap();
+            assert!(
+                w.contains("is owned by uid 4242, neither fluxgate's user nor root"),
+                "{w}"
+            );
+        }
     }
 
     #[test]

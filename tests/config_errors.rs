@@ -213,32 +213,71 @@ fn hook_path_prints_the_flux_test_vector() {
     );
 }
 
-#[test]
-fn secret_files_others_may_read_draw_a_warning() {
+/// Mode `mode` on `p`.
+fn chmod(p: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+#[tokio::test]
+async fn loose_permissions_fail_check_while_serve_warns_and_serves() {
     let s = Setup::new();
-    let r = receiver(&s, "r", "github", "t", APP);
-    let loose = |p: &std::path::Path| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
-    };
-    loose(&s.path("r.secret"));
-    loose(&s.path("tls.key"));
-    let s = s.receiver(&r);
+    let r = receiver(&s, "r", "generic", "t", APP);
+    chmod(&s.path("r.secret"), 0o644);
+    chmod(&s.path("tls.key"), 0o644);
+    // A second token in a directory others may write to, so they could swap it.
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("token"), "u").unwrap();
+    chmod(&shared.join("token"), 0o600);
+    chmod(&shared, 0o777);
+    let r2 = format!(
+        "name = \"r2\"\nnamespace = \"flux-system\"\ntype = \"generic\"\nsecret_file = \"{}\"\nresources = {APP}",
+        shared.join("token").display()
+    );
+    let s = s.receiver(&r).receiver(&r2);
     s.offline_kubeconfig();
-    loose(&s.path("kubeconfig"));
+    chmod(&s.path("kubeconfig"), 0o644);
     let cfg = s.write_config(8443, 9102);
     let (ok, out) = check(&cfg, &[]);
-    assert!(ok, "a warning, not a problem: {out}");
+    assert!(!ok, "loose permissions are problems for check: {out}");
     for key in [
         "receivers[0].secret_file",
         "server.tls_key",
         "kubernetes.kubeconfig",
     ] {
         assert!(
-            out.contains(&format!("warning: {key}: ")) && out.contains("mode 0644"),
+            out.lines()
+                .any(|l| l.starts_with(&format!("problem: {key}: ")) && l.contains("mode 0644")),
             "{key}: {out}"
         );
     }
+    let dir_problem = format!(
+        "problem: receivers[1].secret_file: the directory {} is writable by others than its owner (mode 0777)",
+        shared.display()
+    );
+    assert!(out.contains(&dir_problem), "{out}");
+    assert!(out.contains("4 problem(s)"), "{out}");
+    assert!(!out.contains("warning: server.tls_key"), "not twice: {out}");
+
+    // serve warns and serves all the same.
+    let gw = s.start();
+    let (status, body) = gw.post(&hook("t", "r", "flux-system"), &[], "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let logs = gw.logs();
+    assert!(
+        logs.contains("server.tls_key: ") && logs.contains("mode 0644"),
+        "{logs}"
+    );
+    assert!(logs.contains(&dir_problem["problem: ".len()..]), "{logs}");
+
+    // Fixed, the check passes.
+    for f in ["r.secret", "tls.key", "kubeconfig"] {
+        chmod(&gw.setup.path(f), 0o600);
+    }
+    chmod(&shared, 0o755);
+    let (ok, out) = check(&cfg, &[]);
+    assert!(ok, "{out}");
 }
 
 #[test]
