@@ -19,30 +19,58 @@ impl Secret {
         self.0.expose_secret()
     }
 
-    /// Reads a secret file. Trailing line breaks are dropped: editors and `echo` add them, and a
-    /// provider's secret field cannot hold one, so keeping it would only break every signature.
+    /// Reads a secret file, trimmed (see [`Secret::read_file`]).
     pub fn from_file(path: &Path) -> Result<Self, String> {
+        Self::read_file(path, true).map(|r| r.secret)
+    }
+
+    /// Reads a secret file. With `trim`, trailing line breaks are dropped: editors and `echo`
+    /// add them, and a provider's secret field cannot hold one, so keeping them would only
+    /// break every signature. Without, the bytes are used as they are, as Flux uses a Secret's.
+    pub fn read_file(path: &Path, trim: bool) -> Result<Read, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::from_bytes(bytes)
+        Self::from_bytes(bytes, trim)
     }
 
     pub fn from_env(var: &str) -> Result<Self, String> {
+        Self::read_env(var, true).map(|r| r.secret)
+    }
+
+    pub fn read_env(var: &str, trim: bool) -> Result<Read, String> {
         match std::env::var_os(var) {
-            Some(v) => Self::from_bytes(v.into_encoded_bytes()),
+            Some(v) => Self::from_bytes(v.into_encoded_bytes(), trim),
             None => Err(format!("environment variable {var} is not set")),
         }
     }
 
-    fn from_bytes(mut bytes: Vec<u8>) -> Result<Self, String> {
-        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
+    fn from_bytes(bytes: Vec<u8>, trim: bool) -> Result<Read, String> {
+        let kept = bytes
+            .iter()
+            .rposition(|b| !matches!(b, b'\n' | b'\r'))
+            .map_or(0, |i| i + 1);
+        if kept == 0 {
             return Err("the secret is empty".into());
         }
-        Ok(Self::new(bytes))
+        if !trim || kept == bytes.len() {
+            return Ok(Read {
+                secret: Self::new(bytes),
+                as_stored: None,
+            });
+        }
+        let secret = Self::new(bytes[..kept].to_vec());
+        Ok(Read {
+            secret,
+            as_stored: Some(Self::new(bytes)),
+        })
     }
+}
+
+/// A secret as read and, when trailing line breaks were dropped from it, the bytes as they
+/// were: given them in a Secret, Flux would use them all, and its hook path would differ.
+pub struct Read {
+    pub secret: Secret,
+    pub as_stored: Option<Secret>,
 }
 
 /// Why a file holding a secret (a token, a private key, a kubeconfig) is not kept to the
@@ -116,6 +144,26 @@ mod tests {
         let p = dir.path().join("token");
         std::fs::write(&p, "test-token\r\n\n").unwrap();
         assert_eq!(Secret::from_file(&p).unwrap().expose(), b"test-token");
+    }
+
+    #[test]
+    fn without_trimming_the_bytes_are_kept_as_flux_keeps_a_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "test-token\n").unwrap();
+        let exact = Secret::read_file(&p, false).unwrap();
+        assert_eq!(exact.secret.expose(), b"test-token\n");
+        assert!(exact.as_stored.is_none());
+        let trimmed = Secret::read_file(&p, true).unwrap();
+        assert_eq!(trimmed.secret.expose(), b"test-token");
+        assert_eq!(trimmed.as_stored.unwrap().expose(), b"test-token\n");
+        std::fs::write(&p, "test-token").unwrap();
+        assert!(Secret::read_file(&p, true).unwrap().as_stored.is_none());
+        std::fs::write(&p, "\r\n").unwrap();
+        assert_eq!(
+            Secret::read_file(&p, false).err().unwrap(),
+            "the secret is empty"
+        );
     }
 
     #[test]
