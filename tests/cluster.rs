@@ -517,6 +517,48 @@ async fn with_no_receiver_objects_an_unknown_path_is_404_over_tls() {
 }
 
 #[tokio::test]
+async fn cluster_receivers_that_all_have_allow_lists_close_other_addresses_before_tls() {
+    let s = Setup::new()
+        .section(&cluster_section(
+            "[cluster.defaults]\nallow_from = [\"127.0.0.2/32\"]\n",
+        ))
+        .section(NO_LIMITS);
+    let gw = s.start_with(cluster(
+        &["webhook-token"],
+        vec![
+            token_secret("webhook-token", "t"),
+            github("github-receiver", "webhook-token"),
+        ],
+    ));
+    wait_ready(&gw).await;
+    let path = hook("t", "github-receiver", NS);
+    let signed_push = || {
+        let headers = signed("t", PUSH, &uid());
+        let mut rb = gw.client_from("127.0.0.2").post(gw.url(&path)).body(PUSH);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        rb
+    };
+    eventually("served to the allowed address", &gw, || async {
+        signed_push()
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+    // Every receiver served has an allow-list, and none allows 127.0.0.1.
+    assert!(gw
+        .client()
+        .post(gw.url(&path))
+        .body("x")
+        .send()
+        .await
+        .is_err());
+    assert!(gw.metric("fluxgate_connections_refused_total{reason=\"not_allowed\"}") >= 1.0);
+}
+
+#[tokio::test]
 async fn a_receiver_with_no_resources_is_answered_200_and_reconciles_nothing() {
     let mut r = github("no-resources", "webhook-token");
     r["spec"]["resources"] = json!([]);
