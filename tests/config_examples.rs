@@ -25,6 +25,13 @@ fn materialise(example: &str, etc: &Path) {
             }
         }
     }
+    // Owner-only, as the README's guide makes them: check fails on secrets others may read.
+    for entry in std::fs::read_dir(etc).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != "tls.crt") {
+            owner_only(&path);
+        }
+    }
 }
 
 #[test]

@@ -498,7 +498,6 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(skip(json!({"resources": []})), ["spec.resources"]);
         assert_eq!(
             skip(json!({"resources": [
                 {"kind": "GitRepository", "name": "a"},
@@ -582,6 +581,29 @@ mod tests {
             fields(build(&o, Some(Ok(&d)))),
             ["Secret flux-system/webhook-token key \"email\""]
         );
+    }
+
+    #[test]
+    fn a_receiver_with_no_resources_is_served_as_in_flux() {
+        let (r, warnings) = build_with(
+            &github(json!({"resources": []})),
+            Some(Ok(&data(Some(b"t")))),
+            &ReceiverDefaults::default(),
+        )
+        .unwrap();
+        assert!(r.targets.is_empty() && r.filters.is_empty());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("spec.resources: none; deliveries are verified and answered 200 with nothing reconciled"),
+            "{warnings:?}"
+        );
+        let (r, _) = build_with(
+            &github(json!({"resources": null})),
+            Some(Ok(&data(Some(b"t")))),
+            &ReceiverDefaults::default(),
+        )
+        .unwrap();
+        assert!(r.targets.is_empty());
     }
 
     #[test]

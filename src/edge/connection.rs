@@ -4,6 +4,7 @@
 use super::hook::HookApp;
 use super::live::Live;
 use super::tls_stream::{peer_ip, TlsConn};
+use crate::config::Receiver;
 use crate::guard::cidr::canonical;
 use crate::metrics;
 use async_trait::async_trait;
@@ -57,11 +58,18 @@ impl ConnectionFilter for EdgeFilter {
         if rt.guard.connections.at_limit(ip) {
             return Self::refuse("too_many_connections");
         }
-        if !rt.receivers.iter().any(|r| r.allows(ip)) {
+        if !allowed(&rt.receivers, ip) {
             return Self::refuse("not_allowed");
         }
         true
     }
+}
+
+/// Whether some receiver may take deliveries from `ip`. Only an allow-list refuses: with no
+/// receivers at all (cluster mode before its first Receiver, or after the last is deleted) the
+/// address is let through, to be answered 404 like any unknown path, not closed unexplained.
+fn allowed(receivers: &[Arc<Receiver>], ip: IpAddr) -> bool {
+    receivers.is_empty() || receivers.iter().any(|r| r.allows(ip))
 }
 
 /// Owns each connection from its TLS handshake on, so its per-address slot is held for the
