@@ -311,12 +311,11 @@ fn one(lines: &[(String, String)], key: &str) -> String {
     found[0].clone()
 }
 
+/// A unit's time value written as plain seconds (`30` or `30s`).
 fn seconds(v: &str) -> u64 {
-    humantime_seconds(v).unwrap_or_else(|| panic!("not a number of seconds: {v:?}"))
-}
-
-fn humantime_seconds(v: &str) -> Option<u64> {
-    v.trim_end_matches('s').parse().ok()
+    v.trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number of seconds: {v:?}"))
 }
 
 #[test]
