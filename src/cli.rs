@@ -181,7 +181,9 @@ pub fn prepare(config: &Path) -> Result<(Settings, kube::Config), String> {
 
 pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
     let (settings, kube) = prepare(config)?;
-    if !opts.upgrade {
+    if opts.upgrade {
+        edge::upgrade::check_waiting_folder(&settings.server.upgrade_sock)?;
+    } else {
         edge::check_bind(&settings)?;
     }
     edge::run(config, settings, kube, opts)

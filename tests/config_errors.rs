@@ -411,14 +411,15 @@ fn the_readmes_migration_steps_keep_fluxs_path() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    // Step 1.
+    // Step 1, into the credentials folder the setup steps make.
+    std::fs::create_dir(dir.join("credentials")).unwrap();
     run(&command("get secret webhook-token"));
-    let copied = s.path("github-token");
+    let copied = dir.join("credentials").join("webhook-token");
     assert_eq!(std::fs::read(&copied).unwrap(), token);
     assert_eq!(mode(&copied), 0o600);
     // Step 2: the table with the keys the step names.
     for key in [
-        "secret_file = \"/etc/fluxgate/github-token\"",
+        "secret_file = \"/run/credentials/fluxgate.service/webhook-token\"",
         "trim_secret = false",
     ] {
         assert!(section.contains(key), "step 2 names {key}");

@@ -1175,3 +1175,224 @@ async fn a_new_certificate_is_served_to_new_connections_while_open_ones_keep_wor
     .await;
     assert_alive(&mut gw);
 }
+
+// ---- systemd's notification protocol, a stop without a needless wait, and the upgrade socket
+
+/// Reads datagrams from a socket standing in for systemd's NOTIFY_SOCKET.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(s: &Setup) -> Self {
+        let path = s.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        NotifySocket { sock, path }
+    }
+
+    /// The next message, or None after `limit`.
+    fn next(&self, limit: Duration) -> Option<String> {
+        self.sock.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+#[test]
+fn systemd_is_told_ready_once_both_ports_accept_and_around_a_reload() {
+    let s = Setup::new();
+    let r = github(&s, "app", "s3cret", APP);
+    let s = s.receiver(&r);
+    let api = StandIn::start(api_config()).unwrap();
+    api.write_kubeconfig(&s.path("kubeconfig"), SA_TOKEN)
+        .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = s.write_config(port, admin);
+    let notify = NotifySocket::bind(&s);
+    let log = s.path("gateway.log");
+    let child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc { child, log };
+
+    let ready = notify
+        .next(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no message on NOTIFY_SOCKET within 20 s:\n{}", p.logs()));
+    // Checked the moment READY=1 arrives: both listeners must accept by then.
+    let public = std::net::TcpStream::connect(("127.0.0.1", port));
+    let admin_up = std::net::TcpStream::connect(("127.0.0.1", admin));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS="), "{ready:?}");
+    assert!(
+        public.is_ok() && admin_up.is_ok(),
+        "READY=1 came before the listeners accepted: {public:?} {admin_up:?}"
+    );
+    drop((public, admin_up));
+
+    send_signal(p.child.id(), "HUP");
+    let reloading = notify.next(Duration::from_secs(10)).expect("RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(usec.is_some_and(|u| u > 0), "{reloading:?}");
+    let again = notify
+        .next(Duration::from_secs(10))
+        .expect("READY=1 after the reload");
+    assert!(again.lines().any(|l| l == "READY=1"), "{again:?}");
+
+    send_signal(p.child.id(), "TERM");
+    let stopping = notify.next(Duration::from_secs(10)).expect("STOPPING=1");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).is_some(),
+        "{}",
+        p.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_at_once_when_idle_and_lets_a_request_in_flight_finish() {
+    let s = Setup::new();
+    let queue = s.path("queue");
+    let r = github(&s, "app", "s3cret", APP);
+    let grace = "grace_period = \"5s\"\nshutdown_timeout = \"5s\"";
+    let relay = format!(
+        "[relay]\nqueue_dir = \"{}\"\nwait = \"1500ms\"",
+        queue.display()
+    );
+    let mut gw = s
+        .server(grace)
+        .section(NO_LIMITS)
+        .section(&relay)
+        .receiver(&r)
+        .start();
+
+    // A delivery that takes relay.wait (1.5 s): the API is down, so it is answered 202.
+    gw.api.set_down(true);
+    let path = hook("s3cret", "app", "flux-system");
+    let body = fixture("github/push.json");
+    let headers = signed("s3cret", &body, &uid());
+    let client = gw.client();
+    let url = gw.url(&path);
+    let slow = tokio::spawn(async move {
+        let mut req = client.post(url).body(body);
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let started = Instant::now();
+        let status = req.send().await.map(|r| r.status().as_u16());
+        (status, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term = Instant::now();
+    gw.signal("TERM");
+    let (status, took) = slow.await.unwrap();
+    assert_eq!(status.ok(), Some(202), "{}", gw.logs());
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    let exited = wait_exit_async(&mut gw.child, Duration::from_secs(12)).await;
+    let after = term.elapsed();
+    assert!(exited.is_some(), "{}", gw.logs());
+    eprintln!("with a request in flight: answered after {took:?}, exited {after:?} after SIGTERM");
+    assert!(
+        after < Duration::from_secs(4),
+        "the process waited the whole grace period after its last request: {after:?}"
+    );
+
+    // Idle: no connection open at all.
+    gw.api.set_down(false);
+    gw.restart();
+    let term = Instant::now();
+    gw.signal("TERM");
+    let exited = wait_exit_async(&mut gw.child, Duration::from_secs(12)).await;
+    let after = term.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?} {}",
+        gw.logs()
+    );
+    eprintln!("idle: exited {after:?} after SIGTERM");
+    assert!(
+        after < Duration::from_millis(800),
+        "idle, the stop took {after:?} (grace_period is 5 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigquit_hands_no_socket_to_a_listener_another_user_owns() {
+    if !std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        println!("skipped: only root can make a socket another user owns");
+        return;
+    }
+    let s = Setup::new();
+    let sock = s.path("upgrade.sock");
+    let r = github(&s, "app", "s3cret", APP);
+    let mut gw = s
+        .server(&format!("upgrade_sock = \"{}\"", sock.display()))
+        .receiver(&r)
+        .start();
+    // Someone else listening where `serve -u` would wait.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    gw.signal("QUIT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = listener.accept();
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "fluxgate connected to a socket uid 65534 owns: {got:?}\n{}",
+        gw.logs()
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "fluxgate must keep serving:\n{}",
+        gw.logs()
+    );
+    assert_eq!(http_get(gw.admin, "/healthz").map(|r| r.0), Some(200));
+    let logs = gw.logs();
+    assert!(
+        logs.contains("not handed over") && logs.contains("belongs to uid 65534"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn an_upgrade_socket_in_a_folder_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = github(&s, "app", "s3cret", APP);
+    let s = s
+        .server(&format!(
+            "upgrade_sock = \"{}/upgrade.sock\"",
+            shared.display()
+        ))
+        .receiver(&r);
+    s.offline_kubeconfig();
+    let config = s.write_config(free_port(), free_port());
+    let run = run_check(&config, &["--offline"], &[]);
+    assert_ne!(run.code, Some(0), "{}", run.output());
+    assert!(
+        run.output().contains("server.upgrade_sock")
+            && run.output().contains("writable by other users (mode 1777)"),
+        "{}",
+        run.output()
+    );
+}

@@ -414,9 +414,10 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         Duration::from_secs(5),
         &mut p,
     );
-    let upgrade_sock = s
-        .upgrade_sock
-        .unwrap_or_else(|| PathBuf::from("/tmp/fluxgate-upgrade.sock"));
+    let upgrade_sock = s.upgrade_sock.unwrap_or_else(default_upgrade_sock);
+    if let Err(e) = private_folder(&upgrade_sock) {
+        p.add("server.upgrade_sock", e);
+    }
     let watch_interval = duration_or_off(
         "server.watch_interval",
         s.watch_interval.as_deref(),
@@ -527,5 +528,100 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             })
         }
         _ => Err(ConfigError(p.0)),
+    }
+}
+
+/// Where `serve -u` waits for the listening sockets unless `server.upgrade_sock` says: in
+/// systemd's RuntimeDirectory (`$RUNTIME_DIRECTORY`), else the user's `$XDG_RUNTIME_DIR`,
+/// both writable by fluxgate's user only; else /run/fluxgate. Never a shared folder such as
+/// /tmp, where another user could listen first and receive the sockets.
+fn default_upgrade_sock() -> PathBuf {
+    let from_env = |var: &str| {
+        let v = std::env::var_os(var)?;
+        // RUNTIME_DIRECTORY lists one folder per RuntimeDirectory= name, separated by ':'.
+        let first = v.to_str()?.split(':').next()?.to_string();
+        Path::new(&first)
+            .is_absolute()
+            .then(|| PathBuf::from(first))
+    };
+    if let Some(d) = from_env("RUNTIME_DIRECTORY") {
+        return d.join("upgrade.sock");
+    }
+    if let Some(d) = from_env("XDG_RUNTIME_DIR") {
+        return d.join("fluxgate-upgrade.sock");
+    }
+    PathBuf::from("/run/fluxgate/upgrade.sock")
+}
+
+/// Refuses a socket path whose folder another local user can write (or owns): there they
+/// could bind the socket before `serve -u` does and receive the public and admin listening
+/// sockets on SIGQUIT. A folder that does not exist yet passes here (systemd creates
+/// RuntimeDirectory= at start); the hand-over checks it again, existing, at the time.
+pub fn private_folder(sock: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match sock.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to fluxgate's user (uid {me}): that user could take the \
+             upgrade socket and receive the listening sockets; use a folder only fluxgate's user \
+             can write, such as /run/fluxgate",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by other users (mode {mode:o}): another local user could take the \
+             upgrade socket and receive the listening sockets; use a folder only fluxgate's user \
+             can write, such as /run/fluxgate",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_upgrade_socket_is_refused_in_a_folder_others_can_write() {
+        // /tmp (1777, sticky): another user could bind the socket there first.
+        let e = private_folder(Path::new("/tmp/fluxgate-upgrade.sock")).unwrap_err();
+        assert!(
+            e.contains("/tmp is writable by other users (mode 1777)"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("upgrade.sock");
+        for mode in [0o777, 0o770, 0o1777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(
+                private_folder(&sock).is_err(),
+                "mode {mode:o} must be refused"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(private_folder(&sock), Ok(()));
+        // Not there yet: systemd creates RuntimeDirectory= at start; checked again at hand-over.
+        assert_eq!(
+            private_folder(&dir.path().join("later/upgrade.sock")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_default_upgrade_socket_is_not_in_a_shared_folder() {
+        let d = default_upgrade_sock();
+        assert!(!d.starts_with("/tmp") && d.is_absolute(), "{}", d.display());
     }
 }

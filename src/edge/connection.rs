@@ -101,6 +101,8 @@ impl ServerApp for HookServer {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // A stop waits for a new connection's first request (see drain), not for an idle one.
+        let mut opening = Some(super::drain::Busy::enter());
         let peer = peer_ip(&stream);
         let rt = self.app.live.get();
         let guard = &rt.guard;
@@ -130,6 +132,7 @@ impl ServerApp for HookServer {
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         loop {
             let reused = self.app.serve_one(session, peer, shutdown).await?;
+            opening.take();
             let (stream, settings) = reused.consume();
             session = ServerSession::new_http1(stream);
             if let Some(s) = settings {

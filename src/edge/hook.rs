@@ -107,7 +107,10 @@ impl HookApp {
         let rt = self.live.get();
         // One deadline for the whole head: pingora's own timeout is per read, which a client
         // sending a byte at a time never trips.
-        match timeout(rt.limits.head_timeout, s.read_request()).await {
+        let head = timeout(rt.limits.head_timeout, s.read_request()).await;
+        // In flight from its head to its answer: a stop waits for it (see drain).
+        let _in_flight = super::drain::Busy::enter();
+        match head {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) | Err(_) => return None,
             Ok(Err(e)) => {

@@ -168,6 +168,7 @@ impl Live {
     /// stays and the error is logged and counted.
     pub fn reload(&self, why: &str) {
         let m = metrics::get();
+        super::notify::reloading();
         match Settings::load(&self.config_path) {
             Ok(new) => {
                 let mut loaded = lock(&self.loaded);
@@ -203,6 +204,7 @@ impl Live {
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 m.last_reload_success.set(unix_now());
                 m.last_reload_successful.set(1);
+                super::notify::reloaded("configuration reloaded");
             }
             Err(e) => {
                 // Remember the failed version so it is not retried every tick; the next change
@@ -218,6 +220,7 @@ impl Live {
                 );
                 m.config_reloads.with_label_values(&["failed"]).inc();
                 m.last_reload_successful.set(0);
+                super::notify::reloaded("reload refused, the previous configuration runs");
             }
         }
     }

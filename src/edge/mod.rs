@@ -4,13 +4,16 @@ pub mod admin;
 pub mod answer;
 pub mod body;
 pub mod connection;
+pub mod drain;
 pub mod head;
 pub mod hook;
 pub mod live;
 pub mod maintenance;
+pub mod notify;
 pub mod routes;
 pub mod tls;
 pub mod tls_stream;
+pub mod upgrade;
 
 use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
@@ -22,7 +25,7 @@ use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::Path;
@@ -96,6 +99,14 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     );
     let (listen, admin_listen) = (settings.server.listen, settings.server.admin_listen);
     let watch_interval = settings.server.watch_interval;
+    let (grace, upgrade_sock) = (
+        settings.server.grace_period,
+        settings.server.upgrade_sock.clone(),
+    );
+    let ready_status = format!(
+        "serving {} receivers on {listen}, admin on {admin_listen}",
+        settings.receivers.len()
+    );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
 
     let cluster = settings.cluster.watch_receivers.then(|| {
@@ -106,6 +117,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     });
     let api = Arc::new(KubeApi::new(kube));
     let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
+    let durable = queue.is_durable();
     let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
@@ -168,5 +180,16 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     server.add_service(admin);
     server.add_service(maintenance);
     server.add_service(worker);
-    server.run_forever()
+
+    drain::exit_when_idle(server.watch_execution_phase(), grace, durable);
+    // Within systemd's default start timeout (90 s): pingora binds when its runtimes start.
+    notify::ready_when_listening(
+        vec![listen, admin_listen],
+        ready_status,
+        std::time::Duration::from_secs(60),
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(upgrade::Signals { upgrade_sock }),
+    });
+    std::process::exit(0)
 }
