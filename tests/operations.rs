@@ -1175,3 +1175,44 @@ async fn a_new_certificate_is_served_to_new_connections_while_open_ones_keep_wor
     .await;
     assert_alive(&mut gw);
 }
+
+/// A kubeconfig whose broken line holds the service account's token: `check` and `serve`
+/// name the key, the file and the line, and print nothing of the file's text.
+#[test]
+fn a_broken_kubeconfig_never_prints_its_token() {
+    const TOKEN: &str = "sa-token-7f3c9d1e2b-do-not-print";
+    let s = Setup::new();
+    let r = github(&s, "r", "t", APP);
+    let s = s.receiver(&r);
+    let kubeconfig = s.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    token: {TOKEN}: x\n"
+        ),
+    )
+    .unwrap();
+    owner_only(&kubeconfig);
+    let cfg = s.write_config(free_port(), free_port());
+    let want = format!(
+        "kubernetes.kubeconfig: {}: invalid YAML at line 6, column ",
+        kubeconfig.display()
+    );
+
+    let check = run_check(&cfg, &[], &[]);
+    assert_ne!(check.code, Some(0), "{}", check.output());
+    assert!(check.output().contains(&want), "{}", check.output());
+    assert!(!check.output().contains("sa-token"), "{}", check.output());
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("sa-token"), "{text}");
+}
