@@ -520,6 +520,9 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     );
 }
 
+/// A little longer than /readyz keeps the API's answer.
+const READYZ_CACHE: Duration = Duration::from_millis(1100);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_and_the_api_gauge_follow_the_api_server() {
     let s = Setup::new();
@@ -558,14 +561,17 @@ async fn readyz_and_the_api_gauge_follow_the_api_server() {
         "alive all the same"
     );
 
-    // Back: /readyz checks at once and the gauge follows.
+    // Back: once /readyz's last answer is older than its cache (1 s), it checks again and the
+    // gauge follows.
     gw.api.set_down(false);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!((st, body.trim()), (200, "ready"));
     assert_eq!(api_up(&gw), Some(1.0));
 
     // Down again and /readyz asked first: the gauge follows that check too.
     gw.api.set_down(true);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!(st, 503, "{body}");
     assert!(body.starts_with("not ready:"), "{body:?}");
@@ -1215,4 +1221,41 @@ fn a_broken_kubeconfig_never_prints_its_token() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains(&want), "{text}");
     assert!(!text.contains("sa-token"), "{text}");
+}
+
+/// Probes from many kubelets and load balancers at once cost the API server one request per
+/// second, not one each: /readyz keeps the API's answer for a second and checks once at a time.
+#[test]
+fn readyz_asks_the_api_at_most_once_a_second() {
+    let s = Setup::new();
+    let a = github(&s, "a", "ready-secret", APP);
+    let gw = s.receiver(&a).start();
+    let api_checks = |gw: &Gateway| {
+        gw.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api")
+            .count()
+    };
+    // Start-up's own checks are done once /readyz answered.
+    assert_eq!(http_get(gw.admin, "/readyz").map(|(s, _)| s), Some(200));
+    let before = api_checks(&gw);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    let (st, body) = http_get(gw.admin, "/readyz").unwrap();
+                    assert_eq!((st, body.trim()), (200, "ready"));
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let made = api_checks(&gw) - before;
+    // One per started second, and one more from the 5-second maintenance check.
+    assert!(
+        made as f64 <= seconds.ceil() + 2.0,
+        "80 probes in {seconds:.2} s made {made} API calls"
+    );
 }
