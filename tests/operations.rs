@@ -1259,3 +1259,77 @@ fn readyz_asks_the_api_at_most_once_a_second() {
         "80 probes in {seconds:.2} s made {made} API calls"
     );
 }
+
+/// A secret file that blocks its reader (here a FIFO nobody writes) makes a reload fail after
+/// its read timeout (5 s) and keeps the running configuration, while deliveries relay and
+/// /readyz answers meanwhile; once the file is fixed, the next SIGHUP reloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_read_that_blocks_fails_the_reload_without_stopping_the_relay() {
+    let s = Setup::new()
+        .server("watch_interval = \"0s\"")
+        .section(NO_LIMITS);
+    let a = github(&s, "a", "fifo-secret-a", APP);
+    let mut gw = s.receiver(&a).start();
+    let pa = hook("fifo-secret-a", "a", "flux-system");
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+    let reloads = |gw: &Gateway, result: &str| {
+        gw.scrape()
+            .value("fluxgate_config_reloads_total", &[("result", result)])
+    };
+    let (ok0, failed0) = (reloads(&gw, "ok"), reloads(&gw, "failed"));
+
+    let secret = gw.setup.path("a.secret");
+    std::fs::remove_file(&secret).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&secret)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // While the read is stuck: deliveries are relayed (patched) and /readyz answers at once.
+    let patches = gw.patches().len();
+    let started = Instant::now();
+    let (st, text) = push(&gw, &pa, "fifo-secret-a").await;
+    assert_eq!(st, 200, "{text}");
+    assert!(gw.patches().len() > patches, "the delivery was patched");
+    let (st, body) = http_get(gw.admin, "/readyz").expect("/readyz answers");
+    assert_eq!((st, body.trim()), (200, "ready"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"failed\"} after the read timed out",
+        Duration::from_secs(10),
+        || (reloads(&gw, "failed") > failed0).then_some(()),
+    )
+    .await;
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("reload failed") && l.contains("longer than 5s")),
+        "{}",
+        tail(&gw.logs())
+    );
+    assert_eq!(reloads(&gw, "ok"), ok0);
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+
+    // The file fixed (the stuck read still holds the FIFO): the next SIGHUP reloads.
+    std::fs::remove_file(&secret).unwrap();
+    gw.setup.secret("a", "fifo-secret-a");
+    gw.signal("HUP");
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"ok\"} after the file was fixed",
+        Duration::from_secs(5),
+        || (reloads(&gw, "ok") > ok0).then_some(()),
+    )
+    .await;
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+    assert_alive(&mut gw);
+}
