@@ -124,6 +124,9 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
     ("fluxgate_connections_refused_total", "counter", &["reason"]),
     ("fluxgate_open_connections", "gauge", &[]),
+    ("fluxgate_connections", "gauge", &[]),
+    ("fluxgate_connection_limit", "gauge", &[]),
+    ("fluxgate_idle_connections_closed_total", "counter", &[]),
     ("fluxgate_tls_handshake_failures_total", "counter", &[]),
     (
         "fluxgate_range_refreshes_total",

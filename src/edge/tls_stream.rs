@@ -6,6 +6,7 @@
 //! per-address connection slot from before the handshake, and lets the server choose the
 //! cipher suite (see [`super::tls::server_config`]).
 
+use super::connection::Activity;
 use crate::guard::cidr::canonical;
 use async_trait::async_trait;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -22,7 +23,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
-pub struct TlsConn(pub TlsStream<Stream>);
+/// The stream, and what its reads tell about whether the connection is idle.
+pub struct TlsConn(pub TlsStream<Stream>, pub Arc<Activity>);
 
 impl TlsConn {
     fn tcp(&self) -> &Stream {
@@ -42,7 +44,15 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.0).poll_read(cx, buf);
+        match &read {
+            Poll::Pending => this.1.client_silent(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.1.client_sent(),
+            Poll::Ready(_) => {}
+        }
+        read
     }
 }
 
