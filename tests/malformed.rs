@@ -230,6 +230,14 @@ fn bare_lf(r: Vec<u8>, lines: usize) -> Vec<u8> {
     [head.as_bytes(), body].concat()
 }
 
+/// `b` as one chunk whose size line is the size, then `after` (which ends the line).
+fn chunked_line(b: &[u8], after: &str) -> Vec<u8> {
+    let mut v = format!("{:x}{after}", b.len()).into_bytes();
+    v.extend_from_slice(b);
+    v.extend_from_slice(b"\r\n0\r\n\r\n");
+    v
+}
+
 fn chunked(b: &[u8]) -> Vec<u8> {
     let mut v = format!("{:x}\r\n", b.len()).into_bytes();
     v.extend_from_slice(b);
@@ -384,6 +392,45 @@ fn cases() -> Vec<Case> {
             "chunk data without its CRLF",
             signed_framed("Transfer-Encoding: chunked\r\n", b"5\r\nhelloX0\r\n\r\n"),
             Status(400),
+        ),
+        // RFC 9112 7.1: whitespace after a chunk size only before a `;` (BWS).
+        case(
+            "chunk size with a trailing space, signed",
+            signed_framed("Transfer-Encoding: chunked\r\n", &chunked_line(&b, " \r\n")),
+            Status(400),
+        ),
+        case(
+            "chunk size with a trailing tab, signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &chunked_line(&b, "\t\r\n"),
+            ),
+            Status(400),
+        ),
+        case(
+            "last chunk size '0 ', signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &[
+                    &chunked_line(&b, "\r\n")[..chunked_line(&b, "\r\n").len() - 4],
+                    b" \r\n\r\n",
+                ]
+                .concat(),
+            ),
+            Status(400),
+        ),
+        case(
+            "chunk line ending in a bare LF, signed",
+            signed_framed("Transfer-Encoding: chunked\r\n", &chunked_line(&b, "\n")),
+            Status(400),
+        ),
+        case(
+            "chunk size, space, extension, signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &chunked_line(&b, " ;x=y\r\n"),
+            ),
+            Status(200),
         ),
         case_eof(
             "chunk size larger than the data, then EOF",

@@ -303,7 +303,7 @@ impl ServerApp for HookServer {
         // The head's deadline bounds the handshake too: a client that opens a connection and
         // stalls holds a slot and memory, and pingora's own limit is 60 s.
         let stream = match timeout(rt.limits.head_timeout, self.tls.accept(stream)).await {
-            Ok(Ok(tls)) => Box::new(TlsConn(tls, activity.clone())) as Stream,
+            Ok(Ok(tls)) => Box::new(TlsConn(tls, activity.clone(), Default::default())) as Stream,
             Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
             Err(_) => return handshake_failed(peer, "timed out"),
         };

@@ -239,11 +239,14 @@ impl HookApp {
                         ),
                     ))
                 }
+                // Where a body that does not parse ends is unknown: what follows it is not
+                // read as another request.
                 Ok(Err(e)) => {
                     return Answer::refused(&Refusal::bad_request(
                         Cause::MalformedRequest,
                         format!("malformed body: {}", head::explanation(&e)),
                     ))
+                    .closing()
                 }
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(chunk))) => {
@@ -257,6 +260,14 @@ impl HookApp {
                     }
                 }
             }
+        }
+        // pingora reads chunk lines leniently; the bytes are read again for what it lets by.
+        if let Some(why) = super::tls_stream::framing_error(s) {
+            return Answer::refused(&Refusal::bad_request(
+                Cause::MalformedRequest,
+                format!("malformed body: {why}"),
+            ))
+            .closing();
         }
         if let Err(r) = check.finish() {
             failed(rt, client);

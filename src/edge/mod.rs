@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod answer;
 pub mod connection;
+pub mod framing;
 pub mod head;
 pub mod hook;
 pub mod live;
