@@ -113,34 +113,34 @@ impl Framing {
         self.line.extend_from_slice(&part[..part.len().min(room)]);
     }
 
-    /// A whole line (without its LF) is in `line`.
+    /// A whole line (without its LF) is in `line`; its buffer is kept for the next one.
     fn line_done(&mut self) {
-        let line = std::mem::take(&mut self.line);
         let long = std::mem::take(&mut self.long);
-        let (text, crlf) = match line.strip_suffix(b"\r") {
+        let (text, crlf) = match self.line.strip_suffix(b"\r") {
             Some(t) => (t, true),
-            None => (&line[..], false),
+            None => (&self.line[..], false),
         };
-        self.state = match self.state {
+        let next = match self.state {
             State::Head {
                 lines,
                 chunked,
                 length,
-            } => head_line(text, long, lines, chunked, length),
-            State::SizeLine if !crlf => return self.refuse("a chunk line ends in a bare LF"),
-            State::SizeLine if long => State::Off,
+            } => Ok(head_line(text, long, lines, chunked, length)),
+            State::SizeLine if !crlf => Err("a chunk line ends in a bare LF"),
+            State::SizeLine if long => Ok(State::Off),
             State::SizeLine => match chunk_size(text) {
-                Ok(0) => State::Trailers,
-                Ok(n) => State::Data(n),
-                Err(why) => return self.refuse(why),
+                Ok(0) => Ok(State::Trailers),
+                Ok(n) => Ok(State::Data(n)),
+                Err(why) => Err(why),
             },
-            State::Trailers if text.is_empty() => NEW_HEAD,
-            other => other,
+            State::Trailers if text.is_empty() => Ok(NEW_HEAD),
+            other => Ok(other),
         };
-    }
-
-    fn refuse(&mut self, why: &'static str) {
-        self.error = Some(why);
+        self.line.clear();
+        match next {
+            Ok(state) => self.state = state,
+            Err(why) => self.error = Some(why),
+        }
     }
 }
 
