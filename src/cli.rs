@@ -168,7 +168,9 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime, String> {
 
 /// Loads everything `serve` needs, so `serve`, `check` and `dev` fail the same way.
 pub fn prepare(config: &Path) -> Result<(Settings, kube::Config), String> {
-    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    // Bounded like a reload's read: a secret on a FIFO or a hung mount stops start-up with an
+    // error instead of hanging it.
+    let settings = edge::live::read_settings(config, &Default::default())?;
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }

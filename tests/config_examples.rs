@@ -101,6 +101,8 @@ fn probe_reports_the_admin_listener() {
     );
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "ready");
     gw.api.set_down(true);
+    // /readyz keeps the API's answer for a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let down = Command::new(BIN)
         .args(["probe", &format!("http://127.0.0.1:{}/readyz", gw.admin)])
         .output()

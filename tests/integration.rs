@@ -12,6 +12,7 @@ mod body_limit;
 mod cluster;
 mod config_errors;
 mod config_examples;
+mod connection_cap;
 mod defences;
 mod deploy;
 mod filters;

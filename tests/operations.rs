@@ -124,6 +124,9 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
     ("fluxgate_connections_refused_total", "counter", &["reason"]),
     ("fluxgate_open_connections", "gauge", &[]),
+    ("fluxgate_connections", "gauge", &[]),
+    ("fluxgate_connection_limit", "gauge", &[]),
+    ("fluxgate_idle_connections_closed_total", "counter", &[]),
     ("fluxgate_tls_handshake_failures_total", "counter", &[]),
     (
         "fluxgate_range_refreshes_total",
@@ -520,6 +523,9 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     );
 }
 
+/// A little longer than /readyz keeps the API's answer.
+const READYZ_CACHE: Duration = Duration::from_millis(1100);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_and_the_api_gauge_follow_the_api_server() {
     let s = Setup::new();
@@ -558,14 +564,17 @@ async fn readyz_and_the_api_gauge_follow_the_api_server() {
         "alive all the same"
     );
 
-    // Back: /readyz checks at once and the gauge follows.
+    // Back: once /readyz's last answer is older than its cache (1 s), it checks again and the
+    // gauge follows.
     gw.api.set_down(false);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!((st, body.trim()), (200, "ready"));
     assert_eq!(api_up(&gw), Some(1.0));
 
     // Down again and /readyz asked first: the gauge follows that check too.
     gw.api.set_down(true);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!(st, 503, "{body}");
     assert!(body.starts_with("not ready:"), "{body:?}");
@@ -1395,4 +1404,156 @@ fn an_upgrade_socket_in_a_folder_others_can_write_is_refused() {
         "{}",
         run.output()
     );
+}
+
+/// A kubeconfig whose broken line holds the service account's token: `check` and `serve`
+/// name the key, the file and the line, and print nothing of the file's text.
+#[test]
+fn a_broken_kubeconfig_never_prints_its_token() {
+    const TOKEN: &str = "sa-token-7f3c9d1e2b-do-not-print";
+    let s = Setup::new();
+    let r = github(&s, "r", "t", APP);
+    let s = s.receiver(&r);
+    let kubeconfig = s.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    token: {TOKEN}: x\n"
+        ),
+    )
+    .unwrap();
+    owner_only(&kubeconfig);
+    let cfg = s.write_config(free_port(), free_port());
+    let want = format!(
+        "kubernetes.kubeconfig: {}: invalid YAML at line 6, column ",
+        kubeconfig.display()
+    );
+
+    let check = run_check(&cfg, &[], &[]);
+    assert_ne!(check.code, Some(0), "{}", check.output());
+    assert!(check.output().contains(&want), "{}", check.output());
+    assert!(!check.output().contains("sa-token"), "{}", check.output());
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("sa-token"), "{text}");
+}
+
+/// Probes from many kubelets and load balancers at once cost the API server one request per
+/// second, not one each: /readyz keeps the API's answer for a second and checks once at a time.
+#[test]
+fn readyz_asks_the_api_at_most_once_a_second() {
+    let s = Setup::new();
+    let a = github(&s, "a", "ready-secret", APP);
+    let gw = s.receiver(&a).start();
+    let api_checks = |gw: &Gateway| {
+        gw.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api")
+            .count()
+    };
+    // Start-up's own checks are done once /readyz answered.
+    assert_eq!(http_get(gw.admin, "/readyz").map(|(s, _)| s), Some(200));
+    let before = api_checks(&gw);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    let (st, body) = http_get(gw.admin, "/readyz").unwrap();
+                    assert_eq!((st, body.trim()), (200, "ready"));
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let made = api_checks(&gw) - before;
+    // One per started second, and one more from the 5-second maintenance check.
+    assert!(
+        made as f64 <= seconds.ceil() + 2.0,
+        "80 probes in {seconds:.2} s made {made} API calls"
+    );
+}
+
+/// A secret file that blocks its reader (here a FIFO nobody writes) makes a reload fail after
+/// its read timeout (5 s) and keeps the running configuration, while deliveries relay and
+/// /readyz answers meanwhile; once the file is fixed, the next SIGHUP reloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_read_that_blocks_fails_the_reload_without_stopping_the_relay() {
+    let s = Setup::new()
+        .server("watch_interval = \"0s\"")
+        .section(NO_LIMITS);
+    let a = github(&s, "a", "fifo-secret-a", APP);
+    let mut gw = s.receiver(&a).start();
+    let pa = hook("fifo-secret-a", "a", "flux-system");
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+    let reloads = |gw: &Gateway, result: &str| {
+        gw.scrape()
+            .value("fluxgate_config_reloads_total", &[("result", result)])
+    };
+    let (ok0, failed0) = (reloads(&gw, "ok"), reloads(&gw, "failed"));
+
+    let secret = gw.setup.path("a.secret");
+    std::fs::remove_file(&secret).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&secret)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // While the read is stuck: deliveries are relayed (patched) and /readyz answers at once.
+    let patches = gw.patches().len();
+    let started = Instant::now();
+    let (st, text) = push(&gw, &pa, "fifo-secret-a").await;
+    assert_eq!(st, 200, "{text}");
+    assert!(gw.patches().len() > patches, "the delivery was patched");
+    let (st, body) = http_get(gw.admin, "/readyz").expect("/readyz answers");
+    assert_eq!((st, body.trim()), (200, "ready"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"failed\"} after the read timed out",
+        Duration::from_secs(10),
+        || (reloads(&gw, "failed") > failed0).then_some(()),
+    )
+    .await;
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("reload failed") && l.contains("longer than 5s")),
+        "{}",
+        tail(&gw.logs())
+    );
+    assert_eq!(reloads(&gw, "ok"), ok0);
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+
+    // The file fixed (the stuck read still holds the FIFO): the next SIGHUP reloads.
+    std::fs::remove_file(&secret).unwrap();
+    gw.setup.secret("a", "fifo-secret-a");
+    gw.signal("HUP");
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"ok\"} after the file was fixed",
+        Duration::from_secs(5),
+        || (reloads(&gw, "ok") > ok0).then_some(()),
+    )
+    .await;
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+    assert_alive(&mut gw);
 }

@@ -59,6 +59,7 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     threads: Option<usize>,
+    max_connections: Option<usize>,
     grace_period: Option<String>,
     shutdown_timeout: Option<String>,
     upgrade_sock: Option<PathBuf>,
@@ -104,6 +105,9 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: IpSet,
     pub threads: usize,
+    /// Connections on the public listener, all addresses together: `None` sizes it from the
+    /// file-descriptor limit at start, `Some(0)` is no cap.
+    pub max_connections: Option<usize>,
     /// After SIGTERM or SIGQUIT: how long in-flight requests may finish.
     pub grace_period: Duration,
     /// Then: how long the runtimes get to stop.
@@ -189,6 +193,9 @@ impl Settings {
         }
         if a.threads != b.threads {
             d.push("server.threads");
+        }
+        if a.max_connections != b.max_connections {
+            d.push("server.max_connections");
         }
         if a.upgrade_sock != b.upgrade_sock
             || a.grace_period != b.grace_period
@@ -508,6 +515,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     max_header_bytes,
                     trusted_proxies,
                     threads,
+                    max_connections: s.max_connections,
                     grace_period,
                     shutdown_timeout,
                     upgrade_sock,

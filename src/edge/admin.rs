@@ -7,27 +7,51 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long one answer of the API server stands for readiness. Probes come from kubelets and
+/// load balancers, each every few seconds; without this each costs the API server a request.
+const API_HEALTH_TTL: Duration = Duration::from_secs(1);
 
 pub struct AdminApp {
     relay: Arc<Relay>,
     /// Cluster mode's Receiver watches.
     cluster: Option<Arc<WatchStatus>>,
+    /// The last API check and when it ended. Locked across the check, so concurrent probes
+    /// wait for the one in flight instead of each making their own.
+    api_health: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 impl AdminApp {
     pub fn new(relay: Arc<Relay>, cluster: Option<Arc<WatchStatus>>) -> Self {
-        AdminApp { relay, cluster }
+        AdminApp {
+            relay,
+            cluster,
+            api_health: Mutex::new(None),
+        }
+    }
+
+    /// The API's health, checked at most once per `API_HEALTH_TTL`.
+    async fn api_health(&self) -> Result<(), String> {
+        let mut last = self.api_health.lock().await;
+        if let Some((at, r)) = last.as_ref() {
+            if at.elapsed() < API_HEALTH_TTL {
+                return r.clone();
+            }
+        }
+        let r = super::maintenance::check_api(self.relay.api()).await;
+        *last = Some((Instant::now(), r.clone()));
+        r
     }
 
     /// Ready means the API server answers an authenticated request with our credentials:
     /// without that, every delivery would fail. In cluster mode, also that every watched
-    /// namespace's Receivers were listed once: until then their paths are unknown.
+    /// namespace's Receivers were listed once: until then their paths are unknown. The API's
+    /// answer may be up to `API_HEALTH_TTL` old.
     async fn ready(&self) -> (u16, String) {
         let cluster = self.cluster.as_ref().map_or(Ok(()), |c| c.ready());
-        match (
-            super::maintenance::check_api(self.relay.api()).await,
-            cluster,
-        ) {
+        match (self.api_health().await, cluster) {
             (Ok(()), Ok(())) => (200, "ready".into()),
             (Err(e), _) | (_, Err(e)) => (503, format!("not ready: {e}")),
         }

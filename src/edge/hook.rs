@@ -608,13 +608,16 @@ async fn read_body(
                     ),
                 )))
             }
+            // Where a body that does not parse ends is unknown: what follows it is not read
+            // as another request.
             Ok(Err(e)) => {
                 return Err(Answer::refused(&Refusal::bad_request(
                     Cause::MalformedRequest,
                     format!("malformed body: {}", head::explanation(&e)),
-                )))
+                ))
+                .closing())
             }
-            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(None)) => return chunk_lines(s),
             Ok(Ok(Some(chunk))) => {
                 total += chunk.len() as u64;
                 if total > cap.bytes {
@@ -627,6 +630,18 @@ async fn read_body(
                 }
             }
         }
+    }
+}
+
+/// pingora reads chunk lines leniently; the bytes are read again for what it lets by.
+fn chunk_lines(s: &ServerSession) -> Phase<()> {
+    match super::tls_stream::framing_error(s) {
+        None => Ok(()),
+        Some(why) => Err(Answer::refused(&Refusal::bad_request(
+            Cause::MalformedRequest,
+            format!("malformed body: {why}"),
+        ))
+        .closing()),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod answer;
 pub mod body;
 pub mod connection;
 pub mod drain;
+pub mod framing;
 pub mod head;
 pub mod hook;
 pub mod live;
@@ -122,6 +123,12 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
+    let capacity =
+        connection::Capacity::new(connection::Capacity::size(settings.server.max_connections));
+    tracing::info!(
+        max_connections = capacity.limit(),
+        "connections on the hook listener are capped (0: no cap)"
+    );
     let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
 
     let tls = match tls::server_config(resolver) {
@@ -134,7 +141,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
     let mut hooks = Service::new(
         "fluxgate hooks".to_string(),
-        connection::HookServer { app, tls },
+        connection::HookServer { app, tls, capacity },
     );
     hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
     // TLS is accepted by HookServer (see tls_stream), so pingora listens on plain TCP. No
