@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use fluxgate::config::LimitSettings;
 use fluxgate::guard::cidr::{parse_net, IpSet};
 use fluxgate::guard::rate::{FailurePolicy, Rate};
-use fluxgate::guard::replay::Claim;
+use fluxgate::guard::replay::{Claim, Mark};
 use fluxgate::guard::{client_ip, ranges, Guard};
 use http::{HeaderMap, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -203,6 +203,7 @@ fn default_limits() -> LimitSettings {
         }),
         max_connections_per_ip: 64,
         replay_cache_entries: 100_000,
+        body_memory_bytes: 64 * 1024 * 1024,
     }
 }
 
@@ -271,7 +272,7 @@ fn rate_limits(c: &mut Criterion) {
 fn penalty_box(c: &mut Criterion) {
     let guard = Guard::new(&default_limits(), IpSet::default());
     let bad = ip("198.51.100.66");
-    while !guard.record_failure(bad) {}
+    while !guard.record_failure(bad, None, &[]) {}
     assert!(guard.blocked(bad).is_some());
     let good = ip("203.0.113.9");
     assert!(guard.blocked(good).is_none());
@@ -298,13 +299,13 @@ fn replays(c: &mut Criterion) {
             n += 1;
             id.clear();
             write!(id, "{:08x}-cc78-11e3-81ab-{:012x}", n as u32, n).unwrap();
-            guard.replays.claim(0, black_box(&id), window)
+            guard.replays.claim(0, black_box(&[Mark::id(&id)]), window)
         })
     });
-    let dup = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
-    assert_eq!(guard.replays.claim(0, dup, window), Claim::New);
+    let dup = [Mark::id("72d3162e-cc78-11e3-81ab-4c9367dc0958")];
+    assert_eq!(guard.replays.claim(0, &dup, window), Claim::New);
     g.bench_function("claim/duplicate", |b| {
-        b.iter(|| guard.replays.claim(0, black_box(dup), window))
+        b.iter(|| guard.replays.claim(0, black_box(&dup), window))
     });
     g.finish();
 }

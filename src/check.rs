@@ -7,6 +7,7 @@ use crate::edge::tls::not_after;
 use crate::fleet::DEFAULT;
 use crate::relay::kube::{load_config, KubeApi};
 use crate::relay::target::Select;
+use crate::secret::loose_permissions;
 use std::collections::BTreeSet;
 use std::path::Path;
 use tokio::runtime::Runtime;
@@ -53,8 +54,15 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
         }
     };
     r.ok(format!("configuration {}", config.display()));
+    let loose = loose_files(&settings);
     for w in &settings.warnings {
-        r.warn(w);
+        // Loading words them as warnings, since `serve` keeps serving through them; a check
+        // fails on them, so they are fixed before anyone relies on the files being private.
+        if loose.iter().any(|l| w.ends_with(l.as_str())) {
+            r.problem(w);
+        } else {
+            r.warn(w);
+        }
     }
     certificate(&settings, &mut r);
     for rec in &settings.receivers {
@@ -125,6 +133,17 @@ fn certificate(s: &Settings, r: &mut Report) {
             (end - now) / DAY
         ));
     }
+}
+
+/// What is loose about each file holding a secret (the TLS key, the kubeconfig, receivers'
+/// secret files) and the directories holding it, as loading found it under the file's key.
+fn loose_files(s: &Settings) -> Vec<String> {
+    let mut files = vec![&s.server.tls_key, &s.kubernetes.kubeconfig];
+    files.extend(s.receivers.iter().flat_map(|r| &r.secret_files));
+    files
+        .into_iter()
+        .filter_map(|f| loose_permissions(f))
+        .collect()
 }
 
 fn writable(dir: &Path) -> Result<(), String> {

@@ -169,7 +169,9 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Loads everything `serve` needs, so `serve`, `check` and `dev` fail the same way.
 /// The kubeconfigs are those of every cluster, in the fleet's order.
 pub fn prepare(config: &Path) -> Result<(Settings, Vec<kube::Config>), String> {
-    let settings = Settings::load(config).map_err(|e| e.to_string())?;
+    // Bounded like a reload's read: a secret on a FIFO or a hung mount stops start-up with an
+    // error instead of hanging it.
+    let settings = edge::live::read_settings(config, &Default::default())?;
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
@@ -199,7 +201,9 @@ pub fn cluster_index(settings: &Settings, i: usize) -> usize {
 
 pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
     let (settings, kube) = prepare(config)?;
-    if !opts.upgrade {
+    if opts.upgrade {
+        edge::upgrade::check_waiting_folder(&settings.server.upgrade_sock)?;
+    } else {
         edge::check_bind(&settings)?;
     }
     edge::run(config, settings, kube, opts)

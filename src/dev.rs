@@ -39,8 +39,9 @@ pub struct DevOptions {
     /// The receiver's name (with namespace flux-system it makes the hook path).
     #[arg(long, default_value = "github-receiver")]
     receiver: String,
-    /// For load tests (bench/peers/run.sh): rate limits wide open, no penalty box, answers
-    /// 202 as soon as a delivery is queued, an in-memory queue, and only warnings logged.
+    /// For load tests (bench/peers/run.sh): rate limits wide open, no penalty box, no
+    /// deduplication (load generators repeat one signed body with fresh ids), answers 202 as
+    /// soon as a delivery is queued, an in-memory queue, and only warnings logged.
     #[arg(long)]
     pub bench: bool,
 }
@@ -80,6 +81,19 @@ fn write_private(dir: &Path, name: &str, contents: impl AsRef<[u8]>) -> Result<P
     Ok(p)
 }
 
+/// A new folder under `parent` (the shared temporary folder), kept after exit for the files
+/// the user is shown: a random name nobody can plant a link at beforehand (a name taken,
+/// link or not, is never reused: another is drawn), created owner-only in the same step.
+fn fresh_dir(parent: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix("fluxgate-dev-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| format!("cannot create a folder in {}: {e}", parent.display()))
+}
+
 fn flux_objects() -> Vec<serde_json::Value> {
     let labels = json!({"app.kubernetes.io/part-of": "podinfo"});
     vec![
@@ -97,10 +111,13 @@ fn flux_objects() -> Vec<serde_json::Value> {
 
 pub fn run(opts: DevOptions) -> Result<(), String> {
     let dir = match opts.dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("fluxgate-dev-{}", std::process::id())),
+        Some(d) => {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            d
+        }
+        None => fresh_dir(&std::env::temp_dir())?,
     };
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
 
     let (cert_path, key_path) = match (&opts.tls_cert, &opts.tls_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -172,7 +189,7 @@ namespace = "flux-system"
 type = "github"
 events = ["ping", "push"]
 secret_file = "{token}"
-resources = [
+{replay}resources = [
   {{ kind = "GitRepository", name = "podinfo" }},
   {{ kind = "Kustomization", apiVersion = "kustomize.toolkit.fluxcd.io/v1", name = "*", matchLabels = {{ "app.kubernetes.io/part-of" = "podinfo" }} }},
 ]
@@ -183,6 +200,11 @@ resources = [
         token = token_path.display(),
         cert = cert_path.display(),
         key = key_path.display(),
+        replay = if opts.bench {
+            "replay_window = \"0s\"\n"
+        } else {
+            ""
+        },
     );
     let config_path = write(&dir, "fluxgate.toml", config)?;
     let body_path = write(&dir, "push.json", PUSH)?;
@@ -254,6 +276,32 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_default_folder_is_new_random_and_owner_only_whatever_was_planted() {
+        let tmp = tempfile::tempdir().unwrap();
+        // What another user could plant under the old predictable name, this process's pid.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let planted = tmp
+            .path()
+            .join(format!("fluxgate-dev-{}", std::process::id()));
+        std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
+        let a = fresh_dir(tmp.path()).unwrap();
+        let b = fresh_dir(tmp.path()).unwrap();
+        assert_ne!(a, b);
+        for d in [&a, &b] {
+            let meta = std::fs::symlink_metadata(d).unwrap();
+            assert!(
+                meta.is_dir() && !meta.file_type().is_symlink(),
+                "{}",
+                d.display()
+            );
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+            assert_eq!(d.parent(), Some(tmp.path()));
+            assert_ne!(d, &planted);
+        }
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]

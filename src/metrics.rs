@@ -17,6 +17,13 @@ pub struct Metrics {
     /// Connections closed before the TLS handshake, by reason.
     pub connections_refused: IntCounterVec,
     pub open_connections: IntGauge,
+    /// Bytes of bodies held in full across requests in flight, against `limits.body_memory_bytes`.
+    pub body_memory: IntGauge,
+    /// Every connection on the hook listener, from accept on (what `server.max_connections`
+    /// caps), the cap itself, and idle connections closed to make room under it.
+    pub connections: IntGauge,
+    pub connection_limit: IntGauge,
+    pub idle_connections_closed: IntCounter,
     pub tls_handshake_failures: IntCounter,
     /// Range-set refreshes, by set and result.
     pub range_refreshes: IntCounterVec,
@@ -76,6 +83,22 @@ fn build() -> Result<Metrics, prometheus::Error> {
         open_connections: register_int_gauge!(
             "fluxgate_open_connections",
             "Connections open on the hook listener after the TLS handshake."
+        )?,
+        body_memory: register_int_gauge!(
+            "fluxgate_body_memory_bytes",
+            "Bytes reserved for request bodies held in full (body-keeping receivers) across requests in flight; refusals past limits.body_memory_bytes are counted as outcome body_memory_full."
+        )?,
+        connections: register_int_gauge!(
+            "fluxgate_connections",
+            "Connections open on the hook listener, from accept on (TLS handshakes included)."
+        )?,
+        connection_limit: register_int_gauge!(
+            "fluxgate_connection_limit",
+            "server.max_connections: the cap on connections on the hook listener (0: none)."
+        )?,
+        idle_connections_closed: register_int_counter!(
+            "fluxgate_idle_connections_closed_total",
+            "Idle kept-alive connections closed to make room for a new one under server.max_connections."
         )?,
         tls_handshake_failures: register_int_counter!(
             "fluxgate_tls_handshake_failures_total",
@@ -200,9 +223,26 @@ pub fn init_series(receivers: &[ReceiverSeries<'_>], range_sets: &[&str]) {
             m.range_refreshes.with_label_values(&[set, result]);
         }
     }
-    for reason in ["not_allowed", "blocked", "too_many_connections"] {
+    for reason in [
+        "not_allowed",
+        "blocked",
+        "too_many_connections",
+        "connection_limit",
+    ] {
         m.connections_refused.with_label_values(&[reason]);
     }
+}
+
+/// Relay jobs waiting, over every cluster's queue.
+pub fn queued_jobs() -> i64 {
+    use prometheus::core::Collector;
+    get()
+        .queue_depth
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
 }
 
 /// The default registry in the Prometheus text format.

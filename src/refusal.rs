@@ -24,6 +24,8 @@ pub enum Cause {
     /// A token issuer's signing keys could not be fetched: the provider should retry.
     KeysUnavailable,
     Suspended,
+    /// The memory for bodies held across requests in flight is used up: retry later.
+    BodyMemoryFull,
 }
 
 impl Cause {
@@ -43,6 +45,7 @@ impl Cause {
             Cause::Blocked => "blocked",
             Cause::KeysUnavailable => "keys_unavailable",
             Cause::Suspended => "suspended",
+            Cause::BodyMemoryFull => "body_memory_full",
         }
     }
 }

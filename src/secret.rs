@@ -3,7 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretSlice};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A receiver token. `Debug` shows nothing of it; comparisons go through `subtle`.
@@ -19,41 +19,111 @@ impl Secret {
         self.0.expose_secret()
     }
 
-    /// Reads a secret file. Trailing line breaks are dropped: editors and `echo` add them, and a
-    /// provider's secret field cannot hold one, so keeping it would only break every signature.
+    /// Reads a secret file, trimmed (see [`Secret::read_file`]).
     pub fn from_file(path: &Path) -> Result<Self, String> {
+        Self::read_file(path, true).map(|r| r.secret)
+    }
+
+    /// Reads a secret file. With `trim`, trailing line breaks are dropped: editors and `echo`
+    /// add them, and a provider's secret field cannot hold one, so keeping them would only
+    /// break every signature. Without, the bytes are used as they are, as Flux uses a Secret's.
+    pub fn read_file(path: &Path, trim: bool) -> Result<Read, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::from_bytes(bytes)
+        Self::from_bytes(bytes, trim)
     }
 
     pub fn from_env(var: &str) -> Result<Self, String> {
+        Self::read_env(var, true).map(|r| r.secret)
+    }
+
+    pub fn read_env(var: &str, trim: bool) -> Result<Read, String> {
         match std::env::var_os(var) {
-            Some(v) => Self::from_bytes(v.into_encoded_bytes()),
+            Some(v) => Self::from_bytes(v.into_encoded_bytes(), trim),
             None => Err(format!("environment variable {var} is not set")),
         }
     }
 
-    fn from_bytes(mut bytes: Vec<u8>) -> Result<Self, String> {
-        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
+    fn from_bytes(bytes: Vec<u8>, trim: bool) -> Result<Read, String> {
+        let kept = bytes
+            .iter()
+            .rposition(|b| !matches!(b, b'\n' | b'\r'))
+            .map_or(0, |i| i + 1);
+        if kept == 0 {
             return Err("the secret is empty".into());
         }
-        Ok(Self::new(bytes))
+        if !trim || kept == bytes.len() {
+            return Ok(Read {
+                secret: Self::new(bytes),
+                as_stored: None,
+            });
+        }
+        let secret = Self::new(bytes[..kept].to_vec());
+        Ok(Read {
+            secret,
+            as_stored: Some(Self::new(bytes)),
+        })
     }
 }
 
-/// A warning when a file holding a secret (a token, a private key, a kubeconfig) may be read
-/// by anyone but its owner: the gateway's own account is the only one that needs it.
+/// A secret as read and, when trailing line breaks were dropped from it, the bytes as they
+/// were: given them in a Secret, Flux would use them all, and its hook path would differ.
+pub struct Read {
+    pub secret: Secret,
+    pub as_stored: Option<Secret>,
+}
+
+/// Why a file holding a secret (a token, a private key, a kubeconfig) is not kept to the
+/// gateway's account: others may read it, or may swap it through a directory on its way that
+/// they may write to or own. `serve` warns and serves (a running gateway should not stop over
+/// it); `check` counts it as a problem.
 pub fn loose_permissions(path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
+    let mut why = Vec::new();
+    if mode & 0o077 != 0 {
+        why.push(format!(
             "{} is readable by others than its owner (mode {mode:04o}); chmod 600 it, or set defaultMode: 0400 on a Kubernetes secret volume",
             path.display()
+        ));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    why.extend(
+        holding_dirs(path)
+            .iter()
+            .filter_map(|d| loose_directory(d, me)),
+    );
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The directories a path goes through, its own first, up to the root.
+fn holding_dirs(path: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    absolute
+        .ancestors()
+        .skip(1)
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// A directory whose owner is neither `me` nor root, or that others may write to, lets them
+/// replace what it holds. The sticky bit (as on /tmp, or a Kubernetes secret volume) stops
+/// others from renaming or deleting what they do not own, so it is safe.
+fn loose_directory(dir: &Path, me: u32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "the directory {} is owned by uid {}, neither fluxgate's user nor root, who could replace what it holds",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
+        format!(
+            "the directory {} is writable by others than its owner (mode {mode:04o}), who could replace what it holds; chmod go-w it",
+            dir.display()
         )
     })
 }
@@ -74,6 +144,26 @@ mod tests {
         let p = dir.path().join("token");
         std::fs::write(&p, "test-token\r\n\n").unwrap();
         assert_eq!(Secret::from_file(&p).unwrap().expose(), b"test-token");
+    }
+
+    #[test]
+    fn without_trimming_the_bytes_are_kept_as_flux_keeps_a_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("token");
+        std::fs::write(&p, "test-token\n").unwrap();
+        let exact = Secret::read_file(&p, false).unwrap();
+        assert_eq!(exact.secret.expose(), b"test-token\n");
+        assert!(exact.as_stored.is_none());
+        let trimmed = Secret::read_file(&p, true).unwrap();
+        assert_eq!(trimmed.secret.expose(), b"test-token");
+        assert_eq!(trimmed.as_stored.unwrap().expose(), b"test-token\n");
+        std::fs::write(&p, "test-token").unwrap();
+        assert!(Secret::read_file(&p, true).unwrap().as_stored.is_none());
+        std::fs::write(&p, "\r\n").unwrap();
+        assert_eq!(
+            Secret::read_file(&p, false).err().unwrap(),
+            "the secret is empty"
+        );
     }
 
     #[test]
@@ -100,6 +190,57 @@ mod tests {
             assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
         }
         assert!(loose_permissions(&p).unwrap().contains("mode 0644"));
+    }
+
+    #[test]
+    fn directories_others_may_write_to_or_own_draw_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("etc");
+        std::fs::create_dir(&dir).unwrap();
+        let p = dir.join("token");
+        std::fs::write(&p, "t").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let set = |d: &Path, mode: u32| {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for (mode, warned) in [
+            (0o700, false),
+            (0o755, false),
+            (0o775, true),
+            (0o757, true),
+            // Sticky: others may add files, not replace this one.
+            (0o1777, false),
+        ] {
+            set(&dir, mode);
+            let w = loose_permissions(&p);
+            assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
+        }
+        set(&dir, 0o777);
+        let w = loose_permissions(&p).unwrap();
+        assert!(
+            w.contains(&format!(
+                "the directory {} is writable by others than its owner (mode 0777)",
+                dir.display()
+            )),
+            "{w}"
+        );
+        // A directory further up counts too.
+        set(&dir, 0o700);
+        set(top.path(), 0o777);
+        let w = loose_permissions(&p).unwrap();
+        assert!(w.contains(&top.path().display().to_string()), "{w}");
+        set(top.path(), 0o700);
+        assert_eq!(loose_permissions(&p), None);
+        // Owned by someone else (only root can give a directory away).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&dir, Some(4242), None).unwrap();
+            let w = loose_permissions(&p).unwrap();
+            assert!(
+                w.contains("is owned by uid 4242, neither fluxgate's user nor root"),
+                "{w}"
+            );
+        }
     }
 
     #[test]

@@ -95,7 +95,9 @@ fn setup(cluster_extra: &str) -> Setup {
 /// A signed GitHub push to the Receiver `name` whose token is `token`: (status, body).
 async fn push(gw: &Gateway, token: &str, name: &str) -> (u16, String) {
     let path = hook(token, name, NS);
-    gw.post(&path, &refs(&signed(token, PUSH, &uid())), PUSH)
+    // Another push each time: the same signed body again would be a replay.
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{}"}}"#, commit()).into_bytes();
+    gw.post(&path, &refs(&signed(token, &body, &uid())), body)
         .await
 }
 
@@ -487,6 +489,102 @@ async fn cluster_receivers_alone() {
     ));
     wait_ready(&gw).await;
     served(&gw, "test-token", "receiver-secret").await;
+}
+
+#[tokio::test]
+async fn with_no_receiver_objects_an_unknown_path_is_404_over_tls() {
+    // A fresh install: cluster mode, no [[receivers]], no Receiver objects yet, no allow-list.
+    let s = Setup::new()
+        .section(&cluster_section(""))
+        .section(NO_LIMITS);
+    let gw = s.start_with(cluster(&["webhook-token"], Vec::new()));
+    wait_ready(&gw).await;
+    let unknown = hook("nobody", "nothing", NS);
+    let (status, body) = gw.post(&unknown, &[], "{}").await;
+    assert_eq!(status, 404, "{body}");
+
+    // The first Receiver, then none again: still answered, not closed before TLS.
+    gw.api.put_object(token_secret("webhook-token", "t"));
+    gw.api
+        .put_object(github("github-receiver", "webhook-token"));
+    served(&gw, "t", "github-receiver").await;
+    gw.api
+        .delete_object(RECEIVER, "Receiver", NS, "github-receiver");
+    gone(&gw, "t", "github-receiver").await;
+    assert_eq!(gw.post(&unknown, &[], "{}").await.0, 404);
+    assert_eq!(
+        gw.metric("fluxgate_connections_refused_total{reason=\"not_allowed\"}"),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn cluster_receivers_that_all_have_allow_lists_close_other_addresses_before_tls() {
+    let s = Setup::new()
+        .section(&cluster_section(
+            "[cluster.defaults]\nallow_from = [\"127.0.0.2/32\"]\n",
+        ))
+        .section(NO_LIMITS);
+    let gw = s.start_with(cluster(
+        &["webhook-token"],
+        vec![
+            token_secret("webhook-token", "t"),
+            github("github-receiver", "webhook-token"),
+        ],
+    ));
+    wait_ready(&gw).await;
+    let path = hook("t", "github-receiver", NS);
+    let signed_push = || {
+        let headers = signed("t", PUSH, &uid());
+        let mut rb = gw.client_from("127.0.0.2").post(gw.url(&path)).body(PUSH);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        rb
+    };
+    eventually("served to the allowed address", &gw, || async {
+        signed_push()
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    })
+    .await;
+    // Every receiver served has an allow-list, and none allows 127.0.0.1.
+    assert!(gw
+        .client()
+        .post(gw.url(&path))
+        .body("x")
+        .send()
+        .await
+        .is_err());
+    assert!(gw.metric("fluxgate_connections_refused_total{reason=\"not_allowed\"}") >= 1.0);
+}
+
+#[tokio::test]
+async fn a_receiver_with_no_resources_is_answered_200_and_reconciles_nothing() {
+    let mut r = github("no-resources", "webhook-token");
+    r["spec"]["resources"] = json!([]);
+    let api = cluster(
+        &["webhook-token"],
+        vec![token_secret("webhook-token", "t"), r],
+    );
+    let gw = setup("").start_with(api);
+    wait_ready(&gw).await;
+    served(&gw, "t", "no-resources").await;
+    let (status, body) = push(&gw, "t", "no-resources").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["patched"], json!([]), "{body}");
+    assert!(gw.patches().is_empty(), "{:?}", gw.patches());
+    assert!(
+        gw.logs().contains("Receiver flux-system/no-resources: spec.resources: none; deliveries are verified and answered 200 with nothing reconciled"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(
+        gw.metric("fluxgate_cluster_receivers{state=\"skipped\"}"),
+        0.0
+    );
 }
 
 /// `fluxgate check --offline`: (success, output).

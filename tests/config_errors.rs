@@ -213,30 +213,228 @@ fn hook_path_prints_the_flux_test_vector() {
     );
 }
 
-#[test]
-fn secret_files_others_may_read_draw_a_warning() {
+/// Mode `mode` on `p`.
+fn chmod(p: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+}
+
+#[tokio::test]
+async fn loose_permissions_fail_check_while_serve_warns_and_serves() {
     let s = Setup::new();
-    let r = receiver(&s, "r", "github", "t", APP);
-    let loose = |p: &std::path::Path| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
-    };
-    loose(&s.path("r.secret"));
-    loose(&s.path("tls.key"));
-    let s = s.receiver(&r);
+    let r = receiver(&s, "r", "generic", "t", APP);
+    chmod(&s.path("r.secret"), 0o644);
+    chmod(&s.path("tls.key"), 0o644);
+    // A second token in a directory others may write to, so they could swap it.
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("token"), "u").unwrap();
+    chmod(&shared.join("token"), 0o600);
+    chmod(&shared, 0o777);
+    let r2 = format!(
+        "name = \"r2\"\nnamespace = \"flux-system\"\ntype = \"generic\"\nsecret_file = \"{}\"\nresources = {APP}",
+        shared.join("token").display()
+    );
+    let s = s.receiver(&r).receiver(&r2);
     s.offline_kubeconfig();
-    loose(&s.path("kubeconfig"));
+    chmod(&s.path("kubeconfig"), 0o644);
     let cfg = s.write_config(8443, 9102);
     let (ok, out) = check(&cfg, &[]);
-    assert!(ok, "a warning, not a problem: {out}");
+    assert!(!ok, "loose permissions are problems for check: {out}");
     for key in [
         "receivers[0].secret_file",
         "server.tls_key",
         "kubernetes.kubeconfig",
     ] {
         assert!(
-            out.contains(&format!("warning: {key}: ")) && out.contains("mode 0644"),
+            out.lines()
+                .any(|l| l.starts_with(&format!("problem: {key}: ")) && l.contains("mode 0644")),
             "{key}: {out}"
         );
     }
+    let dir_problem = format!(
+        "problem: receivers[1].secret_file: the directory {} is writable by others than its owner (mode 0777)",
+        shared.display()
+    );
+    assert!(out.contains(&dir_problem), "{out}");
+    assert!(out.contains("4 problem(s)"), "{out}");
+    assert!(!out.contains("warning: server.tls_key"), "not twice: {out}");
+
+    // serve warns and serves all the same.
+    let gw = s.start();
+    let (status, body) = gw.post(&hook("t", "r", "flux-system"), &[], "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let logs = gw.logs();
+    assert!(
+        logs.contains("server.tls_key: ") && logs.contains("mode 0644"),
+        "{logs}"
+    );
+    assert!(logs.contains(&dir_problem["problem: ".len()..]), "{logs}");
+
+    // Fixed, the check passes.
+    for f in ["r.secret", "tls.key", "kubeconfig"] {
+        chmod(&gw.setup.path(f), 0o600);
+    }
+    chmod(&shared, 0o755);
+    let (ok, out) = check(&cfg, &[]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_receiver_with_no_resources_draws_a_warning_as_flux_accepts_it() {
+    let s = Setup::new();
+    let r = receiver(&s, "r", "github", "t", "[]");
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: receivers[0].resources: none; deliveries are verified and answered 200 with nothing reconciled, as in Flux"),
+        "{out}"
+    );
+    assert!(out.contains("-> 0 target(s)"), "{out}");
+}
+
+/// The `ok: receiver …` line of `check` for `label`: its path.
+fn printed_path(out: &str, label: &str) -> String {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("ok: receiver {label} (")))
+        .unwrap_or_else(|| panic!("no receiver line for {label} in:\n{out}"));
+    let (_, rest) = line.split_once("): ").unwrap();
+    rest.split_once(" -> ").unwrap().0.to_string()
+}
+
+#[test]
+fn check_says_when_dropping_a_line_break_changed_the_path() {
+    // A token copied out of a Secret made with --from-file: it ends with a line break.
+    let s = Setup::new();
+    let r = receiver(&s, "receiver-secret", "github", "test-token\n", APP)
+        .replace("flux-system", "my-namespace");
+    let trimmed = "/hook/106120121d366c2f67e93200f6c1dbe938235eb588daa5e8c0516d3a77ac1dee";
+    let flux =
+        fluxgate::hook_path::flux_hook_path(b"test-token\n", "receiver-secret", "my-namespace");
+    let s2 = Setup::new();
+    let exact = format!(
+        "{}\ntrim_secret = false",
+        receiver(&s2, "receiver-secret", "github", "test-token\n", APP)
+    )
+    .replace("flux-system", "my-namespace");
+    let s = s.receiver(&r);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "a warning: {out}");
+    assert_eq!(printed_path(&out, "my-namespace/receiver-secret"), trimmed);
+    let warning = format!(
+        "warning: receivers[0].secret_file: the token ends with a line break, which fluxgate drops, so its path is {}… where Flux, given these bytes in a Secret, shows {}…; if the token comes from a Flux Secret, set trim_secret = false",
+        &trimmed[..18],
+        &flux[..18]
+    );
+    assert!(out.contains(&warning), "{warning}\nin:\n{out}");
+    // Only a prefix of each path: for some types the path is the only credential.
+    assert!(!out.contains(&flux), "{out}");
+
+    // trim_secret = false: Flux's path, and nothing to warn about.
+    let s2 = s2.receiver(&exact);
+    s2.offline_kubeconfig();
+    let (ok, out) = check(&s2.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    assert_eq!(printed_path(&out, "my-namespace/receiver-secret"), flux);
+    assert!(!out.contains("line break"), "{out}");
+}
+
+/// The README's "Moving from the in-cluster receiver", run as written against a cluster whose
+/// Secret was made with --from-file (its token ends with a line break): the path `check` prints
+/// is the Receiver's status.webhookPath.
+#[test]
+fn the_readmes_migration_steps_keep_fluxs_path() {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    if !Command::new(&kubectl)
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("note: skipped, `{kubectl}` is not installed (set KUBECTL to use another)");
+        return;
+    }
+    use base64::Engine;
+    let token = b"0123456789abcdef\n";
+    let flux_path = fluxgate::hook_path::flux_hook_path(token, "github-receiver", "flux-system");
+    let api = kube_standin::StandIn::start(
+        kube_standin::Config::new()
+            .user("admin-token", "admin")
+            .allow("admin", kube_standin::Rule::new(&["*"], &["*"], &["*"]))
+            .object(serde_json::json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "webhook-token", "namespace": "flux-system"},
+                "data": {"token": base64::engine::general_purpose::STANDARD.encode(token)}}))
+            .object(serde_json::json!({"apiVersion": "notification.toolkit.fluxcd.io/v1",
+                "kind": "Receiver",
+                "metadata": {"name": "github-receiver", "namespace": "flux-system"},
+                "spec": {"type": "github", "events": ["push"], "secretRef": {"name": "webhook-token"},
+                         "resources": [{"kind": "GitRepository", "name": "app"}]},
+                "status": {"webhookPath": flux_path}})),
+    )
+    .unwrap();
+    let s = Setup::new();
+    api.write_kubeconfig(&s.path("admin.kubeconfig"), "admin-token")
+        .unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Moving from the in-cluster receiver")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    // The commands, as the README has them, with /etc/fluxgate/ moved to the test's directory.
+    let dir = s.dir.path().to_path_buf();
+    let command = |containing: &str| {
+        section
+            .split('`')
+            .find(|c| c.contains(containing))
+            .unwrap_or_else(|| panic!("no `{containing}` command in the README's steps"))
+            .replace("/etc/fluxgate/", &format!("{}/", dir.display()))
+    };
+    let run = |cmd: &str| {
+        let out = Command::new("sh")
+            .args(["-c", cmd])
+            .env("KUBECONFIG", dir.join("admin.kubeconfig"))
+            .env("HOME", &dir)
+            .env("KUBECACHEDIR", dir.join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Step 1, into the credentials folder the setup steps make.
+    std::fs::create_dir(dir.join("credentials")).unwrap();
+    run(&command("get secret webhook-token"));
+    let copied = dir.join("credentials").join("webhook-token");
+    assert_eq!(std::fs::read(&copied).unwrap(), token);
+    assert_eq!(mode(&copied), 0o600);
+    // Step 2: the table with the keys the step names.
+    for key in [
+        "secret_file = \"/run/credentials/fluxgate.service/webhook-token\"",
+        "trim_secret = false",
+    ] {
+        assert!(section.contains(key), "step 2 names {key}");
+    }
+    let table = format!(
+        "name = \"github-receiver\"\nnamespace = \"flux-system\"\ntype = \"github\"\nevents = [\"push\"]\n\
+         secret_file = \"{}\"\ntrim_secret = false\nresources = {APP}",
+        copied.display()
+    );
+    let s = s.receiver(&table);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    // Step 3.
+    let shown = run(&command("jsonpath='{.status.webhookPath}'"));
+    assert_eq!(shown, flux_path);
+    assert_eq!(printed_path(&out, "flux-system/github-receiver"), shown);
 }

@@ -450,8 +450,10 @@ async fn a_replayed_delivery_id_relays_nothing_and_a_new_one_relays_again() {
         "{text}"
     );
     assert_eq!(gw.patches().len(), 1);
+    // Another delivery (a new id, and another push: the same body is a replay whatever its id).
+    let other = another_push(1);
     let (st, _) = gw
-        .post(&pa, &refs(&signed("ka", &body, "another-id")), body.clone())
+        .post(&pa, &refs(&signed("ka", &other, "another-id")), other)
         .await;
     assert_eq!(st, 200);
     assert_eq!(gw.patches().len(), 2);
@@ -612,4 +614,226 @@ async fn concurrent_connections_per_address_are_capped() {
     assert!(
         gw.metric("fluxgate_connections_refused_total{reason=\"too_many_connections\"}") >= 1.0
     );
+}
+
+/// The GitHub push fixture with another `after` commit: a different event, as two pushes are.
+fn another_push(n: u32) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("github/push.json")).unwrap();
+    v["after"] = format!("{n:040x}").into();
+    serde_json::to_vec(&v).unwrap()
+}
+
+/// `signed`, with `X-Forwarded-For` as a trusted proxy passes it on.
+fn forwarded(secret: &str, body: &[u8], xff: &str) -> Vec<(&'static str, String)> {
+    let mut h = signed(secret, body, &uid());
+    h.push(("X-Forwarded-For", xff.into()));
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_from_a_provider_address_block_it_for_that_receiver_only() {
+    let s = Setup::new();
+    let office = s.path("office.txt");
+    std::fs::write(&office, "127.0.0.20/32\n").unwrap();
+    let s = s.server("trusted_proxies = [\"127.0.0.5\"]").section(&format!(
+        "[limits]\nblock_after_failures = 3\nfailure_window = \"1m\"\nblock_for = \"10m\"\n\n[ranges.office]\nrefresh_file = \"{}\"",
+        office.display()
+    ));
+    let a = github(&s, "a", "ka", "");
+    let b = github(&s, "b", "kb", "");
+    let gw = s.receiver(&a).receiver(&b).start();
+    let (pa, pb) = (
+        hook("ka", "a", "flux-system"),
+        hook("kb", "b", "flux-system"),
+    );
+    // A GitHub webhook egress address (in the shipped `github` set, which no receiver names),
+    // presented by the trusted proxy: a stranger's hooks aimed at receiver a with a wrong
+    // secret, and at paths that do not exist.
+    let github = "140.82.115.10";
+    for n in 0..3 {
+        let body = another_push(n);
+        let h = forwarded("wrong", &body, github);
+        let (st, _, _) = gw.post_from("127.0.0.5", &pa, &refs(&h), body).await;
+        assert_eq!(st, 401);
+    }
+    for _ in 0..5 {
+        let h = [JSON, ("X-Forwarded-For", github)];
+        let (st, _, _) = gw.post_from("127.0.0.5", "/hook/nope", &h, "{}").await;
+        assert_eq!(st, 404);
+    }
+    // Receiver b's real deliveries from the same address still go through.
+    let body = another_push(10);
+    let (st, text, _) = gw
+        .post_from(
+            "127.0.0.5",
+            &pb,
+            &refs(&forwarded("kb", &body, github)),
+            body,
+        )
+        .await;
+    assert_eq!(st, 200, "{text}");
+    // For receiver a, the address is in the box.
+    let body = another_push(11);
+    let (st, text, retry) = gw
+        .post_from(
+            "127.0.0.5",
+            &pa,
+            &refs(&forwarded("ka", &body, github)),
+            body,
+        )
+        .await;
+    assert_eq!(
+        (st, text.trim()),
+        (429, "address blocked after repeated failures")
+    );
+    assert!(retry.is_some());
+
+    // The same without a proxy, for an address in a range set of the operator's: its
+    // connections are not refused before the handshake, and receiver b still takes it.
+    for n in 20..23 {
+        let body = another_push(n);
+        let (st, _, _) = gw
+            .post_from(
+                "127.0.0.20",
+                &pa,
+                &refs(&signed("wrong", &body, &uid())),
+                body,
+            )
+            .await;
+        assert_eq!(st, 401);
+    }
+    let body = another_push(23);
+    let (st, text, _) = gw
+        .post_from("127.0.0.20", &pb, &refs(&signed("kb", &body, &uid())), body)
+        .await;
+    assert_eq!(st, 200, "{text}");
+    let body = another_push(24);
+    let (st, _, _) = gw
+        .post_from("127.0.0.20", &pa, &refs(&signed("ka", &body, &uid())), body)
+        .await;
+    assert_eq!(st, 429);
+
+    // Any other address that keeps failing is still blocked for every receiver.
+    for n in 30..33 {
+        let body = another_push(n);
+        let h = forwarded("wrong", &body, "203.0.113.7");
+        let (st, _, _) = gw.post_from("127.0.0.5", &pa, &refs(&h), body).await;
+        assert_eq!(st, 401);
+    }
+    let body = another_push(33);
+    let (st, _, _) = gw
+        .post_from(
+            "127.0.0.5",
+            &pb,
+            &refs(&forwarded("kb", &body, "203.0.113.7")),
+            body,
+        )
+        .await;
+    assert_eq!(st, 429);
+    assert_eq!(gw.patches().len(), 2);
+    assert_eq!(
+        gw.metric("fluxgate_connections_refused_total{reason=\"blocked\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_signed_body_is_a_duplicate_whatever_its_delivery_id() {
+    let s = Setup::new();
+    let a = github(&s, "a", "ka", "");
+    let gw = s.receiver(&a).start();
+    let body = fixture("github/push.json");
+    let pa = hook("ka", "a", "flux-system");
+    let (st, text) = gw
+        .post(&pa, &refs(&signed("ka", &body, &uid())), body.clone())
+        .await;
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(gw.patches().len(), 1);
+    let duplicate = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        (v["duplicate"].as_bool(), v["relayed"].as_bool()) == (Some(true), Some(false))
+    };
+    // The captured delivery, sent again with a fresh id.
+    let (st, text) = gw
+        .post(&pa, &refs(&signed("ka", &body, &uid())), body.clone())
+        .await;
+    assert!(st == 200 && duplicate(&text), "{st} {text}");
+    // And with no id at all.
+    let mut h = signed("ka", &body, "");
+    h.retain(|(k, _)| *k != "X-GitHub-Delivery");
+    let (st, text) = gw.post(&pa, &refs(&h), body.clone()).await;
+    assert!(st == 200 && duplicate(&text), "{st} {text}");
+    assert!(!text.contains("\"delivery\""), "{text}");
+    assert_eq!(gw.patches().len(), 1, "the replays relayed nothing");
+    // Another push (another `after`) is relayed, with or without an id.
+    let other = another_push(1);
+    let (st, text) = gw
+        .post(&pa, &refs(&signed("ka", &other, &uid())), other)
+        .await;
+    assert!(st == 200 && !duplicate(&text), "{text}");
+    let third = another_push(2);
+    let mut h = signed("ka", &third, "");
+    h.retain(|(k, _)| *k != "X-GitHub-Delivery");
+    let (st, text) = gw.post(&pa, &refs(&h), third).await;
+    assert!(st == 200 && !duplicate(&text), "{text}");
+    assert_eq!(gw.patches().len(), 3);
+    assert_eq!(
+        gw.metric("fluxgate_deliveries_total{outcome=\"duplicate\",receiver=\"flux-system/a\",type=\"github\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_forwarded_for_from_a_trusted_proxy_is_limited_and_boxed() {
+    let s = Setup::new()
+        .server("trusted_proxies = [\"127.0.0.5\", \"127.0.0.6\"]")
+        .section("[limits]\nper_ip = \"1/h\"\nper_ip_burst = 4\nblock_after_failures = 3\nfailure_window = \"1m\"\nblock_for = \"10m\"");
+    let a = github(&s, "a", "ka", "");
+    let gw = s.receiver(&a).start();
+    let pa = hook("ka", "a", "flux-system");
+    let post = |from: &'static str, secret: &'static str, n: u32, xff: Option<&'static str>| {
+        let gw = &gw;
+        let pa = pa.clone();
+        async move {
+            let body = another_push(n);
+            let mut h = signed(secret, &body, &uid());
+            if let Some(x) = xff {
+                h.push(("X-Forwarded-For", x.into()));
+            }
+            let (st, text, _) = gw.post_from(from, &pa, &refs(&h), body).await;
+            (st, text.trim().to_string())
+        }
+    };
+    // Failures behind a garbled entry put it in the box.
+    for n in 0..3 {
+        assert_eq!(
+            post("127.0.0.5", "wrong", n, Some("127.0.0.2, not-an-ip"))
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(
+        post("127.0.0.5", "ka", 3, Some("unknown")).await,
+        (429, "address blocked after repeated failures".into())
+    );
+    // The proxy's well-formed clients, and the proxy itself, are not affected.
+    assert_eq!(post("127.0.0.5", "ka", 4, Some("127.0.0.2")).await.0, 200);
+    for n in 5..12 {
+        assert_eq!(
+            post("127.0.0.5", "ka", n, None).await.0,
+            200,
+            "the proxy stays exempt"
+        );
+    }
+    // Garbled entries through the other proxy share one budget, like one address.
+    for n in 20..24 {
+        assert_eq!(post("127.0.0.6", "ka", n, Some("x")).await.0, 200);
+    }
+    let (st, text) = post("127.0.0.6", "ka", 24, Some("[::1")).await;
+    assert_eq!(
+        (st, text.as_str()),
+        (429, "too many requests from 127.0.0.6")
+    );
+    assert_eq!(post("127.0.0.6", "ka", 25, Some("127.0.0.3")).await.0, 200);
 }

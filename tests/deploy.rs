@@ -698,6 +698,10 @@ fn fluxgate_check(ws: &Workspace, kubeconfig: &Path) -> Output {
     std::fs::write(ws.path("tls.crt"), cert.cert.pem()).unwrap();
     std::fs::write(ws.path("tls.key"), cert.key_pair.serialize_pem()).unwrap();
     std::fs::write(ws.path("webhook-token"), "receiver-token").unwrap();
+    // As the README's guide has them: only fluxgate's account may read them (check fails else).
+    for f in ["tls.key", "webhook-token"] {
+        common::owner_only(&ws.path(f));
+    }
     let d = ws.dir.path().display();
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:18443\"\nadmin_listen = \"127.0.0.1:19102\"\n\

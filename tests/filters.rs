@@ -308,10 +308,12 @@ async fn req_is_the_json_body_only_for_a_json_content_type() {
     let s = Setup::new();
     let r = generic_hmac(&s, "no-ref", "!has(req.ref)");
     let gw = s.receiver(&r).start_with(api);
-    let body = br#"{"ref":"refs/heads/main"}"#;
+    // Three deliveries, each its own body (the same signed body again would be a replay).
+    let body = |n: u8| format!(r#"{{"ref":"refs/heads/main","n":{n}}}"#).into_bytes();
 
     // The same bytes as JSON: req.ref exists, so the object is filtered out.
-    let (status, answer) = post_hmac(&gw, "no-ref", "application/json; charset=utf-8", body).await;
+    let (status, answer) =
+        post_hmac(&gw, "no-ref", "application/json; charset=utf-8", &body(1)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         listed(&answer, "filtered"),
@@ -320,7 +322,7 @@ async fn req_is_the_json_body_only_for_a_json_content_type() {
     assert!(gw.patches().is_empty());
 
     // As text/plain, req is {} and the filter holds.
-    let (status, answer) = post_hmac(&gw, "no-ref", "text/plain", body).await;
+    let (status, answer) = post_hmac(&gw, "no-ref", "text/plain", &body(2)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         listed(&answer, "patched"),
@@ -329,7 +331,7 @@ async fn req_is_the_json_body_only_for_a_json_content_type() {
     assert_eq!(gw.patches().len(), 1);
 
     // Some comma-separated part of the header being application/json is enough, as in Flux.
-    let (status, answer) = post_hmac(&gw, "no-ref", "text/plain, application/json", body).await;
+    let (status, answer) = post_hmac(&gw, "no-ref", "text/plain, application/json", &body(3)).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
         listed(&answer, "filtered"),
@@ -596,10 +598,12 @@ async fn a_filtered_job_survives_a_restart_with_its_inputs() {
         "[relay]\nqueue_dir = \"{}\"\nwait = \"300ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"300ms\"",
         queue.display()
     ));
+    // Deduplication off: the two pushes to main below carry the same body, to share a job,
+    // and the same signed body again would otherwise be a replay.
     let r = github(
         &s,
         "durable",
-        "resources = [{ kind = \"GitRepository\", name = \"*\", matchLabels = { app = \"web\" }, filter = 'req.ref == \"refs/heads/\" + res.metadata.labels.branch' }]",
+        "replay_window = \"0s\"\nresources = [{ kind = \"GitRepository\", name = \"*\", matchLabels = { app = \"web\" }, filter = 'req.ref == \"refs/heads/\" + res.metadata.labels.branch' }]",
     );
     let mut gw = s.receiver(&r).start_with(api);
 

@@ -7,10 +7,12 @@
 
 mod common;
 
+mod body_budget;
 mod body_limit;
 mod cluster;
 mod config_errors;
 mod config_examples;
+mod connection_cap;
 mod defences;
 mod deploy;
 mod filters;

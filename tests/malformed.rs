@@ -210,6 +210,34 @@ fn signed_framed(lines: &str, framed: &[u8]) -> Vec<u8> {
     )
 }
 
+/// `r` with the CRLF of its first `lines` head lines after the request line turned into a
+/// bare LF (`usize::MAX`: the request line's and all of them, the empty last one included).
+fn bare_lf(r: Vec<u8>, lines: usize) -> Vec<u8> {
+    let end = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let (head, body) = r.split_at(end);
+    let head = String::from_utf8(head.to_vec()).unwrap();
+    let head = if lines == usize::MAX {
+        head.replace("\r\n", "\n")
+    } else {
+        let mut parts: Vec<&str> = head.split("\r\n").collect();
+        let mut out = format!("{}\r\n", parts.remove(0));
+        for (i, p) in parts[..parts.len() - 1].iter().enumerate() {
+            out.push_str(p);
+            out.push_str(if i < lines { "\n" } else { "\r\n" });
+        }
+        out
+    };
+    [head.as_bytes(), body].concat()
+}
+
+/// `b` as one chunk whose size line is the size, then `after` (which ends the line).
+fn chunked_line(b: &[u8], after: &str) -> Vec<u8> {
+    let mut v = format!("{:x}{after}", b.len()).into_bytes();
+    v.extend_from_slice(b);
+    v.extend_from_slice(b"\r\n0\r\n\r\n");
+    v
+}
+
 fn chunked(b: &[u8]) -> Vec<u8> {
     let mut v = format!("{:x}\r\n", b.len()).into_bytes();
     v.extend_from_slice(b);
@@ -364,6 +392,45 @@ fn cases() -> Vec<Case> {
             "chunk data without its CRLF",
             signed_framed("Transfer-Encoding: chunked\r\n", b"5\r\nhelloX0\r\n\r\n"),
             Status(400),
+        ),
+        // RFC 9112 7.1: whitespace after a chunk size only before a `;` (BWS).
+        case(
+            "chunk size with a trailing space, signed",
+            signed_framed("Transfer-Encoding: chunked\r\n", &chunked_line(&b, " \r\n")),
+            Status(400),
+        ),
+        case(
+            "chunk size with a trailing tab, signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &chunked_line(&b, "\t\r\n"),
+            ),
+            Status(400),
+        ),
+        case(
+            "last chunk size '0 ', signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &[
+                    &chunked_line(&b, "\r\n")[..chunked_line(&b, "\r\n").len() - 4],
+                    b" \r\n\r\n",
+                ]
+                .concat(),
+            ),
+            Status(400),
+        ),
+        case(
+            "chunk line ending in a bare LF, signed",
+            signed_framed("Transfer-Encoding: chunked\r\n", &chunked_line(&b, "\n")),
+            Status(400),
+        ),
+        case(
+            "chunk size, space, extension, signed",
+            signed_framed(
+                "Transfer-Encoding: chunked\r\n",
+                &chunked_line(&b, " ;x=y\r\n"),
+            ),
+            Status(200),
         ),
         case_eof(
             "chunk size larger than the data, then EOF",
@@ -521,10 +588,12 @@ fn cases() -> Vec<Case> {
         case("signature 'sha256=' only", with_sig("X-Hub-Signature-256: sha256=\r\n"), Status(401)),
         case("no signature", with_sig(""), Status(401)),
         // ---- request targets ----
+        // Refused though RFC 9112 3.2.2 asks servers to accept absolute-form: its authority
+        // would override Host, which a proxy in front may have routed on.
         case(
             "absolute-form target",
             signed_to(&format!("https://127.0.0.1{p}"), ""),
-            Status(200),
+            Status(400),
         ),
         case(
             "absolute-form target, another host",
@@ -538,7 +607,7 @@ fn cases() -> Vec<Case> {
                 "Content-Type: application/json\r\nX-GitHub-Event: push\r\nContent-Length: 2\r\n",
                 b"{}",
             ),
-            Status(401),
+            Status(400),
         ),
         case(
             "'..' segment",
@@ -570,7 +639,33 @@ fn cases() -> Vec<Case> {
         ),
         case("a trailing slash", signed_to(&format!("{p}/"), ""), Status(404)),
         case("a fragment", signed_to(&format!("{p}#x"), ""), Status(400)),
-        case("asterisk target", signed_to("*", ""), Status(404)),
+        // RFC 9112 3.2: only origin-form is routed; `*` is for OPTIONS.
+        case("asterisk target", signed_to("*", ""), Status(400)),
+        case(
+            "absolute-form http target, signed",
+            signed_to(&format!("http://127.0.0.1{p}"), ""),
+            Status(400),
+        ),
+        // ---- line endings (RFC 9112 2.2: a bare LF MAY be refused) ----
+        case(
+            "every head line ends in a bare LF, signed",
+            bare_lf(valid(""), usize::MAX),
+            Status(400),
+        ),
+        case(
+            "one header line ends in a bare LF, the rest CRLF, signed",
+            bare_lf(valid(""), 1),
+            Status(400),
+        ),
+        case(
+            "the head's last empty line is a bare LF, signed",
+            {
+                let r = valid("");
+                let end = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                [&r[..end + 2], b"\n", &r[end + 4..]].concat()
+            },
+            Status(400),
+        ),
         // ---- protocol versions and methods ----
         case(
             "HTTP/1.0 signed",
@@ -695,6 +790,21 @@ fn cases() -> Vec<Case> {
             .concat(),
             ThenClosed(&[400]),
         ),
+        case(
+            "TE: chunked with a trailing space, signed",
+            signed_framed("Transfer-Encoding: chunked \r\n", &chunked(&b)),
+            Status(400),
+        ),
+        case(
+            "TE: chunked with a trailing tab, signed",
+            signed_framed("Transfer-Encoding: chunked\t\r\n", &chunked(&b)),
+            Status(400),
+        ),
+        case(
+            "TE: chunked, signed (the control)",
+            signed_framed("Transfer-Encoding: chunked\r\n", &chunked(&b)),
+            Status(200),
+        ),
         case("TE: chunked, chunked", signed_framed("Transfer-Encoding: chunked, chunked\r\n", &chunked(&b)), Status(400)),
         case("TE: gzip, chunked", signed_framed("Transfer-Encoding: gzip, chunked\r\n", &chunked(&b)), Status(501)),
         case("TE: gzip, then TE: chunked", signed_framed("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", &chunked(&b)), Status(501)),
@@ -707,7 +817,6 @@ fn cases() -> Vec<Case> {
         case_eof("nothing, then EOF", &b""[..], Closed),
         case_eof("half a request line, then EOF", &b"POST /hook"[..], Closed),
         case("tab in a header value", valid("X-A: a\tb\r\n"), Status(200)),
-        case("bare LF line endings", String::from_utf8(valid("")).unwrap().replace("\r\n", "\n"), Status(200)),
     ]);
     v
 }
@@ -719,7 +828,9 @@ fn config() -> Setup {
             "[relay]\nmin_interval = \"1ms\"\n\n[limits]\nper_ip = \"off\"\nper_receiver = \"off\"\nblock_after_failures = 0\nmax_connections_per_ip = 0",
         );
     let r = format!(
-        "name = \"{NAME}\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        // Every valid case sends the same signed body: with deduplication on, all but the first
+        // would be answered as replays.
+        "name = \"{NAME}\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nreplay_window = \"0s\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
         s.secret(NAME, SECRET).display()
     );
     s.receiver(&r)

@@ -24,7 +24,7 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
 
 /// POSTs a GitHub push signed with `secret` to `path` from 127.0.0.1; (status, body).
 async fn push(gw: &Gateway, path: &str, secret: &str) -> (u16, String) {
-    let body = fixture("github/push.json");
+    let body = fresh_push();
     gw.post(path, &refs(&signed(secret, &body, &uid())), body)
         .await
 }
@@ -124,6 +124,9 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
     ("fluxgate_connections_refused_total", "counter", &["reason"]),
     ("fluxgate_open_connections", "gauge", &[]),
+    ("fluxgate_connections", "gauge", &[]),
+    ("fluxgate_connection_limit", "gauge", &[]),
+    ("fluxgate_idle_connections_closed_total", "counter", &[]),
     ("fluxgate_tls_handshake_failures_total", "counter", &[]),
     (
         "fluxgate_range_refreshes_total",
@@ -552,6 +555,9 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     );
 }
 
+/// A little longer than /readyz keeps the API's answer.
+const READYZ_CACHE: Duration = Duration::from_millis(1100);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_and_the_api_gauge_follow_the_api_server() {
     let s = Setup::new();
@@ -593,14 +599,17 @@ async fn readyz_and_the_api_gauge_follow_the_api_server() {
         "alive all the same"
     );
 
-    // Back: /readyz checks at once and the gauge follows.
+    // Back: once /readyz's last answer is older than its cache (1 s), it checks again and the
+    // gauge follows.
     gw.api.set_down(false);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!((st, body.trim()), (200, "ready"));
     assert_eq!(api_up(&gw), Some(1.0));
 
     // Down again and /readyz asked first: the gauge follows that check too.
     gw.api.set_down(true);
+    tokio::time::sleep(READYZ_CACHE).await;
     let (st, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!(st, 503, "{body}");
     assert!(body.starts_with("not ready:"), "{body:?}");
@@ -1208,5 +1217,378 @@ async fn a_new_certificate_is_served_to_new_connections_while_open_ones_keep_wor
         },
     )
     .await;
+    assert_alive(&mut gw);
+}
+
+// ---- systemd's notification protocol, a stop without a needless wait, and the upgrade socket
+
+/// Reads datagrams from a socket standing in for systemd's NOTIFY_SOCKET.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(s: &Setup) -> Self {
+        let path = s.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        NotifySocket { sock, path }
+    }
+
+    /// The next message, or None after `limit`.
+    fn next(&self, limit: Duration) -> Option<String> {
+        self.sock.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.sock.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+#[test]
+fn systemd_is_told_ready_once_both_ports_accept_and_around_a_reload() {
+    let s = Setup::new();
+    let r = github(&s, "app", "s3cret", APP);
+    let s = s.receiver(&r);
+    let api = StandIn::start(api_config()).unwrap();
+    api.write_kubeconfig(&s.path("kubeconfig"), SA_TOKEN)
+        .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = s.write_config(port, admin);
+    let notify = NotifySocket::bind(&s);
+    let log = s.path("gateway.log");
+    let child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc { child, log };
+
+    let ready = notify
+        .next(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no message on NOTIFY_SOCKET within 20 s:\n{}", p.logs()));
+    // Checked the moment READY=1 arrives: both listeners must accept by then.
+    let public = std::net::TcpStream::connect(("127.0.0.1", port));
+    let admin_up = std::net::TcpStream::connect(("127.0.0.1", admin));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS="), "{ready:?}");
+    assert!(
+        public.is_ok() && admin_up.is_ok(),
+        "READY=1 came before the listeners accepted: {public:?} {admin_up:?}"
+    );
+    drop((public, admin_up));
+
+    send_signal(p.child.id(), "HUP");
+    let reloading = notify.next(Duration::from_secs(10)).expect("RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1"),
+        "{reloading:?}"
+    );
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(usec.is_some_and(|u| u > 0), "{reloading:?}");
+    let again = notify
+        .next(Duration::from_secs(10))
+        .expect("READY=1 after the reload");
+    assert!(again.lines().any(|l| l == "READY=1"), "{again:?}");
+
+    send_signal(p.child.id(), "TERM");
+    let stopping = notify.next(Duration::from_secs(10)).expect("STOPPING=1");
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(
+        wait_exit(&mut p.child, Duration::from_secs(10)).is_some(),
+        "{}",
+        p.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_at_once_when_idle_and_lets_a_request_in_flight_finish() {
+    let s = Setup::new();
+    let queue = s.path("queue");
+    let r = github(&s, "app", "s3cret", APP);
+    let grace = "grace_period = \"5s\"\nshutdown_timeout = \"5s\"";
+    let relay = format!(
+        "[relay]\nqueue_dir = \"{}\"\nwait = \"1500ms\"",
+        queue.display()
+    );
+    let mut gw = s
+        .server(grace)
+        .section(NO_LIMITS)
+        .section(&relay)
+        .receiver(&r)
+        .start();
+
+    // A delivery that takes relay.wait (1.5 s): the API is down, so it is answered 202.
+    gw.api.set_down(true);
+    let path = hook("s3cret", "app", "flux-system");
+    let body = fixture("github/push.json");
+    let headers = signed("s3cret", &body, &uid());
+    let client = gw.client();
+    let url = gw.url(&path);
+    let slow = tokio::spawn(async move {
+        let mut req = client.post(url).body(body);
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let started = Instant::now();
+        let status = req.send().await.map(|r| r.status().as_u16());
+        (status, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term = Instant::now();
+    gw.signal("TERM");
+    let (status, took) = slow.await.unwrap();
+    assert_eq!(status.ok(), Some(202), "{}", gw.logs());
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    let exited = wait_exit_async(&mut gw.child, Duration::from_secs(12)).await;
+    let after = term.elapsed();
+    assert!(exited.is_some(), "{}", gw.logs());
+    eprintln!("with a request in flight: answered after {took:?}, exited {after:?} after SIGTERM");
+    assert!(
+        after < Duration::from_secs(4),
+        "the process waited the whole grace period after its last request: {after:?}"
+    );
+
+    // Idle: no connection open at all.
+    gw.api.set_down(false);
+    gw.restart();
+    let term = Instant::now();
+    gw.signal("TERM");
+    let exited = wait_exit_async(&mut gw.child, Duration::from_secs(12)).await;
+    let after = term.elapsed();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?} {}",
+        gw.logs()
+    );
+    eprintln!("idle: exited {after:?} after SIGTERM");
+    assert!(
+        after < Duration::from_millis(800),
+        "idle, the stop took {after:?} (grace_period is 5 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigquit_hands_no_socket_to_a_listener_another_user_owns() {
+    if !std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        println!("skipped: only root can make a socket another user owns");
+        return;
+    }
+    let s = Setup::new();
+    let sock = s.path("upgrade.sock");
+    let r = github(&s, "app", "s3cret", APP);
+    let mut gw = s
+        .server(&format!("upgrade_sock = \"{}\"", sock.display()))
+        .receiver(&r)
+        .start();
+    // Someone else listening where `serve -u` would wait.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::os::unix::fs::chown(&sock, Some(65534), Some(65534)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    gw.signal("QUIT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = listener.accept();
+    assert!(
+        matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "fluxgate connected to a socket uid 65534 owns: {got:?}\n{}",
+        gw.logs()
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "fluxgate must keep serving:\n{}",
+        gw.logs()
+    );
+    assert_eq!(http_get(gw.admin, "/healthz").map(|r| r.0), Some(200));
+    let logs = gw.logs();
+    assert!(
+        logs.contains("not handed over") && logs.contains("belongs to uid 65534"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn an_upgrade_socket_in_a_folder_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Setup::new();
+    let shared = s.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = github(&s, "app", "s3cret", APP);
+    let s = s
+        .server(&format!(
+            "upgrade_sock = \"{}/upgrade.sock\"",
+            shared.display()
+        ))
+        .receiver(&r);
+    s.offline_kubeconfig();
+    let config = s.write_config(free_port(), free_port());
+    let run = run_check(&config, &["--offline"], &[]);
+    assert_ne!(run.code, Some(0), "{}", run.output());
+    assert!(
+        run.output().contains("server.upgrade_sock")
+            && run.output().contains("writable by other users (mode 1777)"),
+        "{}",
+        run.output()
+    );
+}
+
+/// A kubeconfig whose broken line holds the service account's token: `check` and `serve`
+/// name the key, the file and the line, and print nothing of the file's text.
+#[test]
+fn a_broken_kubeconfig_never_prints_its_token() {
+    const TOKEN: &str = "sa-token-7f3c9d1e2b-do-not-print";
+    let s = Setup::new();
+    let r = github(&s, "r", "t", APP);
+    let s = s.receiver(&r);
+    let kubeconfig = s.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n    token: {TOKEN}: x\n"
+        ),
+    )
+    .unwrap();
+    owner_only(&kubeconfig);
+    let cfg = s.write_config(free_port(), free_port());
+    let want = format!(
+        "kubernetes.kubeconfig: {}: invalid YAML at line 6, column ",
+        kubeconfig.display()
+    );
+
+    let check = run_check(&cfg, &[], &[]);
+    assert_ne!(check.code, Some(0), "{}", check.output());
+    assert!(check.output().contains(&want), "{}", check.output());
+    assert!(!check.output().contains("sa-token"), "{}", check.output());
+
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&want), "{text}");
+    assert!(!text.contains("sa-token"), "{text}");
+}
+
+/// Probes from many kubelets and load balancers at once cost the API server one request per
+/// second, not one each: /readyz keeps the API's answer for a second and checks once at a time.
+#[test]
+fn readyz_asks_the_api_at_most_once_a_second() {
+    let s = Setup::new();
+    let a = github(&s, "a", "ready-secret", APP);
+    let gw = s.receiver(&a).start();
+    let api_checks = |gw: &Gateway| {
+        gw.api
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api")
+            .count()
+    };
+    // Start-up's own checks are done once /readyz answered.
+    assert_eq!(http_get(gw.admin, "/readyz").map(|(s, _)| s), Some(200));
+    let before = api_checks(&gw);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..10 {
+                    let (st, body) = http_get(gw.admin, "/readyz").unwrap();
+                    assert_eq!((st, body.trim()), (200, "ready"));
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let made = api_checks(&gw) - before;
+    // One per started second, and one more from the 5-second maintenance check.
+    assert!(
+        made as f64 <= seconds.ceil() + 2.0,
+        "80 probes in {seconds:.2} s made {made} API calls"
+    );
+}
+
+/// A secret file that blocks its reader (here a FIFO nobody writes) makes a reload fail after
+/// its read timeout (5 s) and keeps the running configuration, while deliveries relay and
+/// /readyz answers meanwhile; once the file is fixed, the next SIGHUP reloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_read_that_blocks_fails_the_reload_without_stopping_the_relay() {
+    let s = Setup::new()
+        .server("watch_interval = \"0s\"")
+        .section(NO_LIMITS);
+    let a = github(&s, "a", "fifo-secret-a", APP);
+    let mut gw = s.receiver(&a).start();
+    let pa = hook("fifo-secret-a", "a", "flux-system");
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+    let reloads = |gw: &Gateway, result: &str| {
+        gw.scrape()
+            .value("fluxgate_config_reloads_total", &[("result", result)])
+    };
+    let (ok0, failed0) = (reloads(&gw, "ok"), reloads(&gw, "failed"));
+
+    let secret = gw.setup.path("a.secret");
+    std::fs::remove_file(&secret).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&secret)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // While the read is stuck: deliveries are relayed (patched) and /readyz answers at once.
+    let patches = gw.patches().len();
+    let started = Instant::now();
+    let (st, text) = push(&gw, &pa, "fifo-secret-a").await;
+    assert_eq!(st, 200, "{text}");
+    assert!(gw.patches().len() > patches, "the delivery was patched");
+    let (st, body) = http_get(gw.admin, "/readyz").expect("/readyz answers");
+    assert_eq!((st, body.trim()), (200, "ready"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered in {:?}",
+        started.elapsed()
+    );
+
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"failed\"} after the read timed out",
+        Duration::from_secs(10),
+        || (reloads(&gw, "failed") > failed0).then_some(()),
+    )
+    .await;
+    assert!(
+        gw.logs()
+            .lines()
+            .any(|l| l.contains("reload failed") && l.contains("longer than 5s")),
+        "{}",
+        tail(&gw.logs())
+    );
+    assert_eq!(reloads(&gw, "ok"), ok0);
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
+
+    // The file fixed (the stuck read still holds the FIFO): the next SIGHUP reloads.
+    std::fs::remove_file(&secret).unwrap();
+    gw.setup.secret("a", "fifo-secret-a");
+    gw.signal("HUP");
+    eventually(
+        &gw,
+        "fluxgate_config_reloads_total{result=\"ok\"} after the file was fixed",
+        Duration::from_secs(5),
+        || (reloads(&gw, "ok") > ok0).then_some(()),
+    )
+    .await;
+    assert_eq!(push(&gw, &pa, "fifo-secret-a").await.0, 200);
     assert_alive(&mut gw);
 }

@@ -260,3 +260,261 @@ fn the_documented_environment_overrides_are_configuration_keys() {
     }
     assert!(checked >= 10, "only {checked} checked");
 }
+
+#[test]
+fn the_check_unit_verifies() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = read("systemd/fluxgate-check.service").replace("/usr/local/bin/fluxgate", BIN);
+    let path = dir.path().join("fluxgate-check.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--no-pager"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("fluxgate-check.service"))
+        .filter(|l| !l.contains("not installed") && !l.contains("not enabled"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+}
+
+/// `Key=value` lines of one `[Section]` of a unit, in order.
+fn unit_lines(unit: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for l in unit.lines().map(str::trim) {
+        if l.starts_with('[') {
+            inside = l == format!("[{section}]");
+        } else if inside && !l.starts_with('#') {
+            if let Some((k, v)) = l.split_once('=') {
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn one(lines: &[(String, String)], key: &str) -> String {
+    let found: Vec<&String> = lines
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|l| &l.1)
+        .collect();
+    assert_eq!(found.len(), 1, "{key}= once: {found:?}");
+    found[0].clone()
+}
+
+/// A unit's time value written as plain seconds (`30` or `30s`).
+fn seconds(v: &str) -> u64 {
+    v.trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number of seconds: {v:?}"))
+}
+
+#[test]
+fn a_start_that_keeps_failing_reaches_the_start_limit() {
+    let unit = read("systemd/fluxgate.service");
+    let (u, s) = (unit_lines(&unit, "Unit"), unit_lines(&unit, "Service"));
+    assert_eq!(one(&s, "Restart"), "on-failure");
+    // systemd reads the start limit in [Unit] only (in [Service] it is ignored since v230).
+    assert!(!s.iter().any(|(k, _)| k.starts_with("StartLimit")), "{s:?}");
+    let interval = seconds(&one(&u, "StartLimitIntervalSec"));
+    let burst: u64 = one(&u, "StartLimitBurst").parse().unwrap();
+    let restart = seconds(&one(&s, "RestartSec"));
+    let start_timeout = seconds(&one(&s, "TimeoutStartSec"));
+    // The slowest failing start runs into TimeoutStartSec; `burst` of them, RestartSec apart,
+    // must still fall within the window, or the limit is never reached (the old unit: 2 s
+    // apart against systemd's default 5 starts in 10 s, so it restarted forever).
+    let slowest = burst * (restart + start_timeout);
+    assert!(
+        burst >= 2 && slowest <= interval,
+        "{burst} starts take up to {slowest} s, beyond StartLimitIntervalSec={interval}"
+    );
+}
+
+#[test]
+fn the_unit_waits_for_readiness_and_keeps_the_configuration_read_only() {
+    let unit = read("systemd/fluxgate.service");
+    let s = unit_lines(&unit, "Service");
+    assert_eq!(one(&s, "Type"), "notify");
+    assert_eq!(one(&s, "NotifyAccess"), "main");
+    assert_eq!(one(&s, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    // ConfigurationDirectory= would mount /etc/fluxgate writable through ProtectSystem=strict.
+    assert!(
+        !s.iter().any(|(k, _)| k == "ConfigurationDirectory"),
+        "{s:?}"
+    );
+    assert_eq!(one(&s, "ProtectSystem"), "strict");
+    assert!(!s
+        .iter()
+        .any(|(k, v)| k == "ReadWritePaths" && v.contains("/etc")));
+    // The upgrade socket's folder is the service's own (mode 0700), not a shared one.
+    assert_eq!(one(&s, "RuntimeDirectoryMode"), "0700");
+    assert!(s.contains(&(
+        "Environment".into(),
+        "FLUXGATE__SERVER__UPGRADE_SOCK=/run/fluxgate/upgrade.sock".into()
+    )));
+    // EPERM refusals are not audited; the comment must not say they are.
+    assert_eq!(one(&s, "SystemCallErrorNumber"), "EPERM");
+    assert!(
+        !unit.contains("(and is logged by the kernel's audit)"),
+        "the comment on SystemCallErrorNumber= must not promise an audit record"
+    );
+    assert!(unit.contains("is NOT logged anywhere"));
+}
+
+#[test]
+fn the_check_unit_runs_as_the_service_runs() {
+    let service = unit_lines(&read("systemd/fluxgate.service"), "Service");
+    let check = unit_lines(&read("systemd/fluxgate-check.service"), "Service");
+    let shared = [
+        "DynamicUser",
+        "User",
+        "StateDirectory",
+        "StateDirectoryMode",
+        "UMask",
+        "WorkingDirectory",
+        "Environment",
+        "EnvironmentFile",
+        "LoadCredential",
+    ];
+    for key in shared {
+        let pick = |lines: &[(String, String)]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|l| l.1.clone())
+                .collect()
+        };
+        let (a, b) = (pick(&service), pick(&check));
+        assert!(!a.is_empty(), "fluxgate.service has no {key}=");
+        assert_eq!(
+            a, b,
+            "{key}= differs between fluxgate.service and fluxgate-check.service"
+        );
+    }
+    assert_eq!(one(&check, "Type"), "oneshot");
+    // The full check: configuration, credentials, the API and RBAC (no --offline).
+    assert_eq!(
+        one(&check, "ExecStart"),
+        "/usr/local/bin/fluxgate check --config /etc/fluxgate/fluxgate.toml"
+    );
+    assert_eq!(
+        one(&service, "ExecStart"),
+        "/usr/local/bin/fluxgate serve --config /etc/fluxgate/fluxgate.toml"
+    );
+    // The configuration names credentials under fluxgate.service's folder.
+    assert_eq!(
+        one(&check, "BindReadOnlyPaths"),
+        "%d:/run/credentials/fluxgate.service"
+    );
+}
+
+/// The README's systemd path, as written: each file it puts under /etc/fluxgate/credentials/
+/// is one the unit loads, under the name the configuration reads it by.
+#[test]
+fn the_readme_puts_each_credential_where_the_unit_loads_it() {
+    let readme = read("README.md");
+    let service = unit_lines(&read("systemd/fluxgate.service"), "Service");
+    let loaded: Vec<(String, String)> = service
+        .iter()
+        .filter(|(k, _)| k == "LoadCredential")
+        .map(|(_, v)| {
+            let (name, path) = v.split_once(':').unwrap();
+            (name.to_string(), path.to_string())
+        })
+        .collect();
+    let word_after = |text: &str, prefix: &str| -> Vec<String> {
+        text.match_indices(prefix)
+            .map(|(i, _)| {
+                text[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+                    .collect::<String>()
+                    .trim_end_matches('.')
+                    .to_string()
+            })
+            .filter(|w| !w.is_empty())
+            .collect()
+    };
+    let written = word_after(&readme, "/etc/fluxgate/credentials/");
+    let read_by_config = word_after(&readme, "/run/credentials/fluxgate.service/");
+    assert!(written.len() >= 4, "{written:?}");
+    assert!(!read_by_config.is_empty(), "{read_by_config:?}");
+    for name in written.iter().chain(&read_by_config) {
+        assert!(
+            loaded
+                .iter()
+                .any(|(n, p)| n == name && *p == format!("/etc/fluxgate/credentials/{name}")),
+            "README names the credential {name:?}, which the unit does not load: {loaded:?}"
+        );
+    }
+    assert!(readme.contains("243/CREDENTIALS"));
+    assert!(readme.contains("systemctl start fluxgate-check"));
+}
+
+/// `fluxgate check` with the unit's own environment (its %d credentials folder standing in
+/// for systemd's) and a configuration that names only the receiver's secret, as the README
+/// writes it: the paths of the certificate, key, kubeconfig, queue and upgrade socket come
+/// from the unit.
+#[test]
+fn check_runs_on_the_units_environment_and_credentials() {
+    let s = Setup::new();
+    let creds = s.dir.path();
+    std::fs::write(creds.join("webhook-token"), "a-token").unwrap();
+    owner_only(&creds.join("webhook-token"));
+    s.offline_kubeconfig();
+    let state = s.path("state");
+    let run = s.path("run");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::create_dir(&run).unwrap();
+    owner_only(&run);
+    let config = s.path("fluxgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[receivers]]\nname = \"r\"\nnamespace = \"flux-system\"\ntype = \"github\"\n\
+             secret_file = \"{}/webhook-token\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]\n",
+            creds.display()
+        ),
+    )
+    .unwrap();
+    let unit = read("systemd/fluxgate.service");
+    let env: Vec<(String, String)> = unit_lines(&unit, "Service")
+        .into_iter()
+        .filter(|(k, _)| k == "Environment")
+        .filter_map(|(_, kv)| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .map(|(k, v)| {
+            let v = v
+                .replace("%d", &creds.display().to_string())
+                .replace("/var/lib/fluxgate", &state.display().to_string())
+                .replace("/run/fluxgate", &run.display().to_string());
+            (k, v)
+        })
+        .collect();
+    assert_eq!(env.len(), 5, "{env:?}");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["check", "--offline", "--config"]).arg(&config);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("FLUXGATE__")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("CREDENTIALS_DIRECTORY", creds)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{env:?}\n{text}");
+    assert!(!text.contains("a-token"), "{text}");
+}

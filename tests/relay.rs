@@ -157,7 +157,6 @@ struct Sender {
     client: reqwest::Client,
     url: String,
     secret: Arc<str>,
-    body: Arc<Vec<u8>>,
 }
 
 impl Sender {
@@ -177,12 +176,13 @@ impl Sender {
             client: b.build().unwrap(),
             url: gw.url(&hook(secret, receiver, "flux-system")),
             secret: secret.into(),
-            body: Arc::new(fixture("github/push.json")),
         }
     }
 
     async fn send(&self) -> Sent {
         let id = uid();
+        // Another push each time: the same signed body again would be a replay.
+        let body = fresh_push();
         let fail = |e: reqwest::Error| Failed {
             id: id.clone(),
             connect: e.is_connect(),
@@ -194,11 +194,8 @@ impl Sender {
             .header("Content-Type", "application/json")
             .header("X-GitHub-Event", "push")
             .header("X-GitHub-Delivery", &id)
-            .header(
-                "X-Hub-Signature-256",
-                sig("sha256", &self.secret, &self.body),
-            )
-            .body(self.body.as_ref().clone())
+            .header("X-Hub-Signature-256", sig("sha256", &self.secret, &body))
+            .body(body)
             .send()
             .await
             .map_err(fail)?;

@@ -744,3 +744,79 @@ async fn check_reaches_each_token_issuer() {
     assert_eq!(offline.code, Some(0), "{}", offline.output());
     assert!(!offline.stdout.contains("signing key"));
 }
+
+/// Sends only the head of a POST that declares a large body, and returns the status line and
+/// how long it took to come back; no body byte is ever sent.
+async fn head_only(gw: &Gateway, path: &str, auth: &str) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = raw_tls(gw.port, &gw.setup.cert_pem).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: {auth}\r\nContent-Length: 1048576\r\n\r\n"
+    );
+    let started = Instant::now();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let status = String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    (status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tokens_are_refused_from_the_head_before_any_body_byte() {
+    let google = Issuer::start(json!({"keys": [RsaKey::jwk(GOOGLE_KID)]})).await;
+    let ci = EcKey::new("ci-1");
+    let issuer = Issuer::start(json!({"keys": [ci.jwk.clone()]})).await;
+    // A body that never comes would be waited for this long: a refusal before it is the
+    // head phase's.
+    let s = Setup::new()
+        .server("body_timeout = \"60s\"")
+        .section(LIMITS);
+    let gcr = gcr_receiver(&s, &format!("{}/certs", google.url));
+    let gw = s
+        .receiver(&gcr)
+        .receiver(&oidc_receiver(&issuer.url))
+        .start();
+    let gcr_path = hook("gcr-token", "gcr-receiver", "flux-system");
+    let oidc_path = hook("", "ci-receiver", "flux-system");
+    let expired = with(&google_claims(), "exp", json!(now() - 3600));
+    let not_acme = with(&ci_claims(&issuer.url), "repository", json!("evil/app"));
+    let wrong_audience = with(&ci_claims(&issuer.url), "aud", json!("someone-else"));
+    let cases = [
+        (
+            "gcr, expired",
+            &gcr_path,
+            RsaKey::sign(GOOGLE_KID, &expired),
+        ),
+        (
+            "gcr, wrong email",
+            &gcr_path,
+            RsaKey::sign(GOOGLE_KID, &with(&google_claims(), "email", json!("x@y"))),
+        ),
+        ("generic-oidc, validation", &oidc_path, ci.sign(&not_acme)),
+        (
+            "generic-oidc, audience",
+            &oidc_path,
+            ci.sign(&wrong_audience),
+        ),
+    ];
+    for (what, path, token) in cases {
+        let (status, took) = head_only(&gw, path, &format!("Bearer {token}")).await;
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{what}: {}", gw.logs());
+        assert!(
+            took < Duration::from_secs(10),
+            "{what}: answered after {took:?}"
+        );
+    }
+    assert!(gw.relayed().is_empty());
+}

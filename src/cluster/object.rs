@@ -439,6 +439,11 @@ mod tests {
         );
         assert_eq!(r.filters.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
         assert!(r.keep_body, "a filter reads req");
+        assert_eq!(
+            r.max_body_bytes,
+            Some(3 * 1024 * 1024),
+            "Flux's cap on kept bodies"
+        );
         assert!(r.suspended);
         assert!(r.allow.is_none() && r.secret_files.is_empty());
         assert_eq!(r.replay_window, std::time::Duration::from_secs(600));
@@ -451,10 +456,12 @@ mod tests {
             replay_window: Some("1m".into()),
             delivery_id_header: Some("X-Delivery".into()),
             jwks: None,
+            max_body_bytes: Some(65536),
             rules: Default::default(),
         };
         let (r, _) =
             build_with(&github(json!({})), Some(Ok(&data(Some(b"t")))), &defaults).unwrap();
+        assert_eq!(r.max_body_bytes, Some(65536));
         assert!(r.allows("192.0.2.7".parse().unwrap()));
         assert!(!r.allows("198.51.100.1".parse().unwrap()));
         assert_eq!(r.replay_window, std::time::Duration::from_secs(60));
@@ -491,7 +498,6 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(skip(json!({"resources": []})), ["spec.resources"]);
         assert_eq!(
             skip(json!({"resources": [
                 {"kind": "GitRepository", "name": "a"},
@@ -575,6 +581,29 @@ mod tests {
             fields(build(&o, Some(Ok(&d)))),
             ["Secret flux-system/webhook-token key \"email\""]
         );
+    }
+
+    #[test]
+    fn a_receiver_with_no_resources_is_served_as_in_flux() {
+        let (r, warnings) = build_with(
+            &github(json!({"resources": []})),
+            Some(Ok(&data(Some(b"t")))),
+            &ReceiverDefaults::default(),
+        )
+        .unwrap();
+        assert!(r.targets.is_empty() && r.filters.is_empty());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("spec.resources: none; deliveries are verified and answered 200 with nothing reconciled"),
+            "{warnings:?}"
+        );
+        let (r, _) = build_with(
+            &github(json!({"resources": null})),
+            Some(Ok(&data(Some(b"t")))),
+            &ReceiverDefaults::default(),
+        )
+        .unwrap();
+        assert!(r.targets.is_empty());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ReceiverDefaults {
     pub replay_window: Option<String>,
     pub delivery_id_header: Option<String>,
     pub jwks: Option<String>,
+    /// The cap on bodies of body-keeping Receivers, in place of the 3 MiB default.
+    pub max_body_bytes: Option<u64>,
     /// `kubernetes.no_cross_namespace_refs`, which Receiver objects must follow too.
     #[serde(skip)]
     pub rules: super::Rules,
@@ -41,6 +43,9 @@ impl ReceiverDefaults {
     pub fn fill(&self, fields: &mut Map<String, Value>) {
         if !self.allow_from.is_empty() {
             fields.insert("allow_from".into(), json!(self.allow_from));
+        }
+        if let Some(n) = self.max_body_bytes {
+            fields.insert("max_body_bytes".into(), json!(n));
         }
         for (key, value) in [
             ("replay_window", &self.replay_window),

@@ -23,6 +23,7 @@ pub(super) struct RawLimits {
     block_for: Option<String>,
     max_connections_per_ip: Option<u32>,
     replay_cache_entries: Option<usize>,
+    body_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,7 +46,13 @@ pub struct LimitSettings {
     /// 0 means no limit.
     pub max_connections_per_ip: u32,
     pub replay_cache_entries: usize,
+    /// Bytes of bodies held in full across all requests in flight; past it, body-keeping
+    /// requests are refused with 503 while streamed ones go on.
+    pub body_memory_bytes: u64,
 }
+
+/// Twenty bodies at Flux's 3 MiB cap, about.
+pub const DEFAULT_BODY_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 pub(super) fn limits(raw: RawLimits, p: &mut Problems) -> LimitSettings {
     let rate = |key: &str,
@@ -92,12 +99,20 @@ pub(super) fn limits(raw: RawLimits, p: &mut Problems) -> LimitSettings {
             ),
         }),
     };
+    let body_memory_bytes = raw.body_memory_bytes.unwrap_or(DEFAULT_BODY_MEMORY_BYTES);
+    if body_memory_bytes == 0 {
+        p.add(
+            "limits.body_memory_bytes",
+            "must be more than zero; body-keeping receivers could take no delivery",
+        );
+    }
     LimitSettings {
         per_ip,
         per_receiver,
         failures,
         max_connections_per_ip: raw.max_connections_per_ip.unwrap_or(64),
         replay_cache_entries: raw.replay_cache_entries.unwrap_or(100_000).max(1),
+        body_memory_bytes,
     }
 }
 

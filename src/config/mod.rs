@@ -63,6 +63,7 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     threads: Option<usize>,
+    max_connections: Option<usize>,
     grace_period: Option<String>,
     shutdown_timeout: Option<String>,
     upgrade_sock: Option<PathBuf>,
@@ -111,6 +112,9 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: IpSet,
     pub threads: usize,
+    /// Connections on the public listener, all addresses together: `None` sizes it from the
+    /// file-descriptor limit at start, `Some(0)` is no cap.
+    pub max_connections: Option<usize>,
     /// After SIGTERM or SIGQUIT: how long in-flight requests may finish.
     pub grace_period: Duration,
     /// Then: how long the runtimes get to stop.
@@ -198,6 +202,9 @@ impl Settings {
         }
         if a.threads != b.threads {
             d.push("server.threads");
+        }
+        if a.max_connections != b.max_connections {
+            d.push("server.max_connections");
         }
         if a.upgrade_sock != b.upgrade_sock
             || a.grace_period != b.grace_period
@@ -439,9 +446,10 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         Duration::from_secs(5),
         &mut p,
     );
-    let upgrade_sock = s
-        .upgrade_sock
-        .unwrap_or_else(|| PathBuf::from("/tmp/fluxgate-upgrade.sock"));
+    let upgrade_sock = s.upgrade_sock.unwrap_or_else(default_upgrade_sock);
+    if let Err(e) = private_folder(&upgrade_sock) {
+        p.add("server.upgrade_sock", e);
+    }
     let watch_interval = duration_or_off(
         "server.watch_interval",
         s.watch_interval.as_deref(),
@@ -536,6 +544,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     max_header_bytes,
                     trusted_proxies,
                     threads,
+                    max_connections: s.max_connections,
                     grace_period,
                     shutdown_timeout,
                     upgrade_sock,
@@ -582,4 +591,99 @@ fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool
         .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
     rec.reach = reach;
     ok
+}
+
+/// Where `serve -u` waits for the listening sockets unless `server.upgrade_sock` says: in
+/// systemd's RuntimeDirectory (`$RUNTIME_DIRECTORY`), else the user's `$XDG_RUNTIME_DIR`,
+/// both writable by fluxgate's user only; else /run/fluxgate. Never a shared folder such as
+/// /tmp, where another user could listen first and receive the sockets.
+fn default_upgrade_sock() -> PathBuf {
+    let from_env = |var: &str| {
+        let v = std::env::var_os(var)?;
+        // RUNTIME_DIRECTORY lists one folder per RuntimeDirectory= name, separated by ':'.
+        let first = v.to_str()?.split(':').next()?.to_string();
+        Path::new(&first)
+            .is_absolute()
+            .then(|| PathBuf::from(first))
+    };
+    if let Some(d) = from_env("RUNTIME_DIRECTORY") {
+        return d.join("upgrade.sock");
+    }
+    if let Some(d) = from_env("XDG_RUNTIME_DIR") {
+        return d.join("fluxgate-upgrade.sock");
+    }
+    PathBuf::from("/run/fluxgate/upgrade.sock")
+}
+
+/// Refuses a socket path whose folder another local user can write (or owns): there they
+/// could bind the socket before `serve -u` does and receive the public and admin listening
+/// sockets on SIGQUIT. A folder that does not exist yet passes here (systemd creates
+/// RuntimeDirectory= at start); the hand-over checks it again, existing, at the time.
+pub fn private_folder(sock: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match sock.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "{} belongs to uid {}, not to fluxgate's user (uid {me}): that user could take the \
+             upgrade socket and receive the listening sockets; use a folder only fluxgate's user \
+             can write, such as /run/fluxgate",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by other users (mode {mode:o}): another local user could take the \
+             upgrade socket and receive the listening sockets; use a folder only fluxgate's user \
+             can write, such as /run/fluxgate",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_upgrade_socket_is_refused_in_a_folder_others_can_write() {
+        // /tmp (1777, sticky): another user could bind the socket there first.
+        let e = private_folder(Path::new("/tmp/fluxgate-upgrade.sock")).unwrap_err();
+        assert!(
+            e.contains("/tmp is writable by other users (mode 1777)"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("upgrade.sock");
+        for mode in [0o777, 0o770, 0o1777] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(
+                private_folder(&sock).is_err(),
+                "mode {mode:o} must be refused"
+            );
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(private_folder(&sock), Ok(()));
+        // Not there yet: systemd creates RuntimeDirectory= at start; checked again at hand-over.
+        assert_eq!(
+            private_folder(&dir.path().join("later/upgrade.sock")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_default_upgrade_socket_is_not_in_a_shared_folder() {
+        let d = default_upgrade_sock();
+        assert!(!d.starts_with("/tmp") && d.is_absolute(), "{}", d.display());
+    }
 }

@@ -52,6 +52,9 @@ pub struct RawReceiver {
     events: Vec<String>,
     secret_file: Option<OneOrMany<PathBuf>>,
     secret_env: Option<OneOrMany<String>>,
+    /// Whether trailing line breaks are dropped from secret files and variables (the default);
+    /// `false` uses their bytes as they are, as Flux uses a Secret's token.
+    trim_secret: Option<bool>,
     path: Option<String>,
     #[serde(default)]
     allow_from: Vec<String>,
@@ -73,7 +76,13 @@ pub struct RawReceiver {
     clusters: Option<Vec<String>>,
     /// Or the clusters whose labels include all of these.
     cluster_selector: Option<BTreeMap<String, String>>,
+    /// The largest body accepted; for body-keeping receivers [`DEFAULT_KEPT_BODY_BYTES`] unless set.
+    max_body_bytes: Option<u64>,
 }
+
+/// Flux's receiver reads at most 3 MiB of a body; a body kept in memory is capped the same way
+/// unless the receiver says otherwise.
+pub const DEFAULT_KEPT_BODY_BYTES: u64 = 3 * 1024 * 1024;
 
 /// One receiver: where it listens, who may use it, how it verifies, and what it asks Flux to
 /// reconcile.
@@ -97,6 +106,9 @@ pub struct Receiver {
     /// Whether the body is kept after verification: for the verifier's own checks, for
     /// filters that read `req`, or to forward it.
     pub keep_body: bool,
+    /// The receiver's own cap on bodies (`max_body_bytes`), under `server.max_body_bytes`:
+    /// always set when the body is kept, since every byte of it is held in memory.
+    pub max_body_bytes: Option<u64>,
     pub forward: Option<ForwardSpec>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
@@ -235,10 +247,16 @@ fn build(
         None => Vec::new(),
     };
     let uses_secret = kind.is_none_or(|k| k.uses_secret());
+    let trim = r.trim_secret.unwrap_or(true);
+    let mut trimmed = None;
     let secrets = if uses_secret {
         match given.token {
             Some(t) => vec![t],
-            None => secrets(key, r.secret_file, r.secret_env, p, warnings),
+            None => {
+                let (secrets, first) = secrets(key, r.secret_file, r.secret_env, trim, p, warnings);
+                trimmed = first;
+                secrets
+            }
         }
     } else {
         if r.secret_file.is_some() || r.secret_env.is_some() {
@@ -285,6 +303,9 @@ fn build(
             );
         }
     }
+    if r.max_body_bytes == Some(0) {
+        p.add(format!("{key}.max_body_bytes"), "must be more than zero");
+    }
     if let Some(f) = &r.forward {
         for (field, reason) in f.problems() {
             p.add(format!("{key}.forward.{field}"), reason);
@@ -301,10 +322,11 @@ fn build(
             ));
         }
     } else if r.resources.is_empty() {
-        p.add(
-            format!("{key}.resources"),
-            "none; list the Flux objects to reconcile, or forward deliveries to Flux (forward = {})",
-        );
+        // Flux accepts a Receiver with `resources: []` and answers its deliveries 200; refusing
+        // it would leave such a Receiver silently unserved in cluster mode.
+        warnings.push(format!(
+            "{key}.resources: none; deliveries are verified and answered 200 with nothing reconciled, as in Flux (list the Flux objects to reconcile, or forward = {{}} to Flux)"
+        ));
     }
     let scope = Scope::Filter {
         claims: kind == Some(ReceiverType::GenericOidc),
@@ -423,13 +445,30 @@ fn build(
     let verifier = verifier?;
     // generic-oidc has no secret: Flux hashes an empty token, so its path is public.
     let token = secrets.first().map_or(&[][..], |s| s.expose());
+    let path = match r.path {
+        Some(p) => p,
+        None => {
+            let path = flux_hook_path(token, &r.name, &r.namespace);
+            if let Some((field, stored)) = trimmed {
+                let flux = flux_hook_path(stored.expose(), &r.name, &r.namespace);
+                warnings.push(format!(
+                    "{field}: the token ends with a line break, which fluxgate drops, so its path is {} where Flux, given these bytes in a Secret, shows {}; if the token comes from a Flux Secret, set trim_secret = false to keep Flux's path and signing key",
+                    short_path(&path),
+                    short_path(&flux)
+                ));
+            }
+            path
+        }
+    };
     let filters_read_req = filters.iter().flatten().any(Expr::reads_req);
+    let keep_body = verifier.reads_body() || filters_read_req || r.forward.is_some();
     Some(Receiver {
         id,
-        path: r
-            .path
-            .unwrap_or_else(|| flux_hook_path(token, &r.name, &r.namespace)),
-        keep_body: verifier.reads_body() || filters_read_req || r.forward.is_some(),
+        path,
+        keep_body,
+        max_body_bytes: r
+            .max_body_bytes
+            .or(keep_body.then_some(DEFAULT_KEPT_BODY_BYTES)),
         verifier,
         filters,
         forward: r.forward,
@@ -452,20 +491,28 @@ fn build(
     })
 }
 
-/// Every active secret, files first, in the order given: the first makes the path. A file
+/// Enough of a hook path to tell two apart: for some types the path is the only credential,
+/// and must not be printed whole.
+fn short_path(path: &str) -> String {
+    format!("{}…", &path[..path.len().min("/hook/".len() + 12)])
+}
+
+/// Every active secret, files first, in the order given: the first makes the path, and comes
+/// back with its key and its bytes as stored when trimming dropped line breaks from it. A file
 /// others than its owner may read draws a warning under its key.
 fn secrets(
     key: &str,
     files: Option<OneOrMany<PathBuf>>,
     envs: Option<OneOrMany<String>>,
+    trim: bool,
     p: &mut Problems,
     warnings: &mut Vec<String>,
-) -> Vec<Secret> {
+) -> (Vec<Secret>, Option<(String, Secret)>) {
     let files = files.map(OneOrMany::into_vec).unwrap_or_default();
     let envs = envs.map(OneOrMany::into_vec).unwrap_or_default();
     if files.is_empty() && envs.is_empty() {
         p.add(format!("{key}.secret_file"), "missing; the receiver's token, from a file (secret_file) or an environment variable (secret_env)");
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let many = files.len() + envs.len() > 1;
     let k = |field: &str, i: usize| {
@@ -476,14 +523,27 @@ fn secrets(
         }
     };
     let mut out = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        out.extend(p.take(&k("secret_file", i), Secret::from_file(f)));
-        if let Some(w) = crate::secret::loose_permissions(f) {
-            warnings.push(format!("{}: {w}", k("secret_file", i)));
+    let mut first = None;
+    let mut keep = |field: String, read: Option<crate::secret::Read>| {
+        if let Some(read) = read {
+            if out.is_empty() {
+                first = read.as_stored.map(|s| (field, s));
+            }
+            out.push(read.secret);
         }
+    };
+    for (i, f) in files.iter().enumerate() {
+        let field = k("secret_file", i);
+        let read = p.take(&field, Secret::read_file(f, trim));
+        if let Some(w) = crate::secret::loose_permissions(f) {
+            warnings.push(format!("{field}: {w}"));
+        }
+        keep(field, read);
     }
     for (i, v) in envs.iter().enumerate() {
-        out.extend(p.take(&k("secret_env", i), Secret::from_env(v)));
+        let field = k("secret_env", i);
+        let read = p.take(&field, Secret::read_env(v, trim));
+        keep(field, read);
     }
-    out
+    (out, first)
 }

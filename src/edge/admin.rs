@@ -10,6 +10,12 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long one answer of the API server stands for readiness. Probes come from kubelets and
+/// load balancers, each every few seconds; without this each costs the API server a request.
+const API_HEALTH_TTL: Duration = Duration::from_secs(1);
 
 pub struct AdminApp {
     relay: Arc<Relay>,
@@ -17,6 +23,9 @@ pub struct AdminApp {
     live: Arc<Live>,
     /// Cluster mode's Receiver watches.
     cluster: Option<Arc<WatchStatus>>,
+    /// The last API check and when it ended. Locked across the check, so concurrent probes
+    /// wait for the one in flight instead of each making their own.
+    api_health: Mutex<Option<(Instant, Vec<Result<(), String>>)>>,
 }
 
 impl AdminApp {
@@ -25,18 +34,33 @@ impl AdminApp {
             relay,
             live,
             cluster,
+            api_health: Mutex::new(None),
         }
+    }
+
+    /// Each cluster's API health, in fleet order, checked at most once per `API_HEALTH_TTL`.
+    async fn api_health(&self) -> Vec<Result<(), String>> {
+        let mut last = self.api_health.lock().await;
+        if let Some((at, r)) = last.as_ref() {
+            if at.elapsed() < API_HEALTH_TTL {
+                return r.clone();
+            }
+        }
+        let r = self.relay.fleet().check_all().await;
+        *last = Some((Instant::now(), r.clone()));
+        r
     }
 
     /// Ready means the API server answers an authenticated request with our credentials:
     /// without that, every delivery would fail. With a fleet: while at least one cluster of
     /// each receiver answers, since deliveries for the others are still queued safely; the
     /// answer names the clusters that do not. In cluster mode, also that every watched
-    /// namespace's Receivers were listed once: until then their paths are unknown.
+    /// namespace's Receivers were listed once: until then their paths are unknown. The APIs'
+    /// answers may be up to `API_HEALTH_TTL` old.
     async fn ready(&self) -> (u16, String) {
         let watch = self.cluster.as_ref().map_or(Ok(()), |c| c.ready());
         let fleet = self.relay.fleet();
-        let checks = fleet.check_all().await;
+        let checks = self.api_health().await;
         let rt = self.live.get();
         let apis = readiness(&rt.receivers, fleet.home().name.as_ref(), &checks, |i| {
             fleet.cluster(i).map_or("", |c| &c.name)

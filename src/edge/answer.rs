@@ -15,7 +15,7 @@ pub struct Answer {
     pub allow_post: bool,
     /// What to log and count as the outcome.
     pub outcome: &'static str,
-    /// Seconds for `Retry-After` (429).
+    /// Seconds for `Retry-After` (429, and 503 when the body memory budget is used up).
     pub retry_after: Option<u64>,
     /// Close the connection after answering: the head was too large, or could be framed
     /// another way, to trust what follows it.

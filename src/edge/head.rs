@@ -94,6 +94,9 @@ pub fn check(s: &ServerSession, max_header_bytes: usize) -> Result<(), Refusal> 
             format!("request head larger than {max_header_bytes} bytes"),
         ));
     }
+    if let Some(reason) = loose_lines(&raw) {
+        return Err(malformed(reason));
+    }
     if request_line.contains(&b'#') {
         return Err(malformed(
             "a fragment (#) is not allowed in the request target",
@@ -114,6 +117,46 @@ pub fn check(s: &ServerSession, max_header_bytes: usize) -> Result<(), Refusal> 
         ));
     }
     transfer_codings(codings.iter())
+}
+
+/// What RFC 9112 lets a server refuse in the head's lines, and a proxy in front may read
+/// another way:
+/// - a bare LF ending a line (2.2: a recipient MAY take it as a line end; one that does not
+///   sees a different set of header lines);
+/// - a target other than origin-form (3.2). RFC 9112 3.2.2 asks servers to accept absolute-form,
+///   but its authority then overrides Host (7.2), so a proxy routing on Host and fluxgate would
+///   disagree about the request; webhook senders never send it, and `*` is for OPTIONS only;
+/// - whitespace after the value of a Transfer-Encoding line: optional whitespace by the
+///   grammar, but parsers that keep it see `chunked ` as an unknown coding and frame the body
+///   otherwise, and no sender writes it.
+fn loose_lines(raw: &[u8]) -> Option<&'static str> {
+    if raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+    {
+        return Some("a line of the request head ends in a bare LF instead of CRLF");
+    }
+    let mut lines = raw
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let request_line = lines.next().unwrap_or_default();
+    let target = request_line
+        .split(|&b| b == b' ')
+        .nth(1)
+        .unwrap_or_default();
+    if !target.starts_with(b"/") {
+        return Some("the request target is not a path (origin-form, RFC 9112 3.2.1)");
+    }
+    let transfer_encoding =
+        |l: &&[u8]| l.len() > 18 && l[..18].eq_ignore_ascii_case(b"transfer-encoding:");
+    if lines
+        .filter(transfer_encoding)
+        .any(|l| matches!(l.last(), Some(b' ' | b'\t')))
+    {
+        return Some("whitespace after the value of Transfer-Encoding");
+    }
+    None
 }
 
 fn malformed(reason: &'static str) -> Refusal {
@@ -184,6 +227,40 @@ mod tests {
         assert_eq!(codings(&["chunked, chunked"]), Err(400));
         assert_eq!(codings(&["gzip, chunked"]), Err(501));
         assert_eq!(codings(&["gzip", "chunked"]), Err(501));
+    }
+
+    #[test]
+    fn loose_head_lines_are_found() {
+        let ok = b"POST /hook/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(loose_lines(ok), None);
+        for (raw, why) in [
+            (&b"POST /hook/x HTTP/1.1\nHost: x\n\n"[..], "bare LF"),
+            (
+                b"POST /hook/x HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n",
+                "bare LF",
+            ),
+            (b"POST /hook/x HTTP/1.1\r\nHost: x\r\n\n", "bare LF"),
+            (
+                b"POST http://x/hook/x HTTP/1.1\r\nHost: x\r\n\r\n",
+                "origin-form",
+            ),
+            (b"POST * HTTP/1.1\r\nHost: x\r\n\r\n", "origin-form"),
+            (
+                b"POST /h HTTP/1.1\r\nTransfer-Encoding: chunked \r\n\r\n",
+                "Transfer-Encoding",
+            ),
+            (
+                b"POST /h HTTP/1.1\r\ntransfer-encoding: chunked\t\r\n\r\n",
+                "Transfer-Encoding",
+            ),
+        ] {
+            let got = loose_lines(raw).unwrap_or_default();
+            assert!(
+                got.contains(why),
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

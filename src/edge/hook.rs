@@ -1,22 +1,23 @@
 //! The life cycle of one request on the public listener: head under a deadline and checked
 //! for framing, client address, penalty box, rate, route, allow-list, suspension, method,
-//! size, verification while the body streams in, event filter, per-receiver rate, replay
-//! check, relay, answer.
+//! size, the credential as far as the head shows it, memory for a kept body, verification
+//! while the body streams in, event filter, per-receiver rate, replay check, relay, answer.
 
 use super::answer::Answer;
+use super::body::{BodyCap, KeptBody};
 use super::head;
 use super::live::{Live, Runtime};
 use crate::config::Receiver;
-use crate::guard::client_ip;
+use crate::guard::client_ip::{self, Client};
 use crate::guard::rate::retry_after_secs;
-use crate::guard::replay::Claim;
+use crate::guard::replay::{self, Claim, Mark};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::filter;
 use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
-use crate::verify::Evidence;
+use crate::verify::{BodyCheck, Evidence};
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
@@ -126,7 +127,10 @@ impl HookApp {
         let rt = self.live.get();
         // One deadline for the whole head: pingora's own timeout is per read, which a client
         // sending a byte at a time never trips.
-        match timeout(rt.limits.head_timeout, s.read_request()).await {
+        let head = timeout(rt.limits.head_timeout, s.read_request()).await;
+        // In flight from its head to its answer: a stop waits for it (see drain).
+        let _in_flight = super::drain::Busy::enter();
+        match head {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) | Err(_) => return None,
             Ok(Err(e)) => {
@@ -153,231 +157,77 @@ impl HookApp {
         peer: IpAddr,
         log: &mut Delivery,
     ) -> Answer {
-        if let Err(r) = head::check(s, rt.limits.max_header_bytes) {
-            return Answer::refused(&r).closing();
+        match self.phases(rt, s, peer, log).await {
+            Ok(a) | Err(a) => a,
         }
-        let req = s.req_header();
-        let client = client_ip::resolve(
-            peer,
-            req.headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes()),
-            &rt.guard.trusted,
-        );
-        log.client = Some(client);
+    }
+
+    /// The phases of one request, in order. Each hands on what the next needs, or ends the
+    /// request with its answer (`Err`), so a refusal can never fall through to the relay.
+    async fn phases(
+        &self,
+        rt: &Runtime,
+        s: &mut ServerSession,
+        peer: IpAddr,
+        log: &mut Delivery,
+    ) -> Phase<Answer> {
+        check_head(rt, s)?;
+        let who = client_address(rt, s, peer, log);
+        let client = who.addr();
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
-        let route = rt.routes.find(&req.uri).cloned();
-        log.receiver = route.clone();
-        if let Some(wait) = rt.guard.blocked(client) {
-            return Answer::refused(&Refusal::new(
-                429,
-                Cause::Blocked,
-                "address blocked after repeated failures",
-            ))
-            .retry_after(retry_after_secs(wait));
-        }
-        if let Err(wait) = rt.guard.check_ip(client) {
-            return Answer::refused(&Refusal::new(
-                429,
-                Cause::RateLimited,
-                format!("too many requests from {client}"),
-            ))
-            .retry_after(retry_after_secs(wait));
-        }
-        let Some(receiver) = route else {
-            failed(rt, client);
-            return Answer::refused(&Refusal::unknown_hook());
-        };
-        if !receiver.allows(client) {
-            return Answer::refused(&Refusal::new(
-                403,
-                Cause::NotAllowed,
-                format!("source address {client} is not allowed for this receiver"),
-            ));
-        }
-        if receiver.suspended {
-            return Answer::refused(&Refusal::new(
-                503,
-                Cause::Suspended,
-                "receiver is suspended (spec.suspend)",
-            ));
-        }
-        if req.method != Method::POST {
-            return Answer::refused(&Refusal::new(
-                405,
-                Cause::MethodNotAllowed,
-                "only POST is accepted",
-            ));
-        }
-        if declared_length(s).is_some_and(|n| n > rt.limits.max_body_bytes) {
-            return too_large(rt);
-        }
-        let head = &s.req_header().headers;
-        let mut delivery_id = receiver.delivery_id(head).map(clip_id);
-        log.delivery_id = delivery_id.clone();
-        let event = receiver.verifier.event_header().map(|h| {
-            head.get(h)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string()
-        });
-        log.event = event.as_ref().map(|e| e.chars().take(64).collect());
-        let mut check = match receiver.verifier.begin(head) {
-            Ok(c) => c,
-            Err(r) => {
-                if r.status == 401 {
-                    failed(rt, client);
-                }
-                return Answer::refused(&r);
-            }
-        };
-        if expects_continue(s) {
-            if let Err(e) = s.write_continue_response().await {
-                return Answer::text(
-                    400,
-                    "malformed_request",
-                    &format!("cannot continue: {}", head::explanation(&e)),
-                );
-            }
-        }
-        let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
-        let mut total: u64 = 0;
-        // Kept only when something after verification reads it; otherwise memory per request
-        // does not grow with the body.
-        let mut body = receiver.keep_body.then(Vec::new);
-        loop {
-            match timeout_at(deadline, s.read_request_body()).await {
-                Err(_) => {
-                    return Answer::refused(&Refusal::new(
-                        408,
-                        Cause::BodyTimeout,
-                        format!(
-                            "body not received within {}",
-                            humantime::format_duration(rt.limits.body_timeout)
-                        ),
-                    ))
-                }
-                Ok(Err(e)) => {
-                    return Answer::refused(&Refusal::bad_request(
-                        Cause::MalformedRequest,
-                        format!("malformed body: {}", head::explanation(&e)),
-                    ))
-                }
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(chunk))) => {
-                    total += chunk.len() as u64;
-                    if total > rt.limits.max_body_bytes {
-                        return too_large(rt);
-                    }
-                    check.update(&chunk);
-                    if let Some(b) = body.as_mut() {
-                        b.extend_from_slice(&chunk);
-                    }
-                }
-            }
-        }
-        if let Err(r) = check.finish() {
-            failed(rt, client);
-            return Answer::refused(&r);
-        }
-        let req = s.req_header();
-        let evidence = if receiver.verifier.completes() {
-            let body = body.as_deref().unwrap_or_default();
-            match receiver.verifier.complete(&req.headers, body).await {
-                Ok(e) => e,
-                Err(r) => {
-                    if r.status == 401 {
-                        failed(rt, client);
-                    }
-                    return Answer::refused(&r);
-                }
-            }
-        } else {
-            Evidence::default()
-        };
+        let route = route(rt, s, log);
+        guards(rt, who, route.as_deref())?;
+        let receiver = known(rt, route, who)?;
+        admitted(&receiver, client)?;
+        let cap = BodyCap::of(rt.limits.max_body_bytes, &receiver);
+        method_and_size(s, cap)?;
+        let (mut delivery_id, event) = identify(&receiver, s, log);
+        let mut check = verify_head(rt, &receiver, s, who)?;
+        let credential = authenticate(rt, &receiver, s, who).await?;
+        let mut kept = keep_body(rt, &receiver, s)?;
+        continue_if_expected(s).await?;
+        // What identifies a signed body for the replay check, computed as it streams.
+        let mut digest =
+            replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
+        read_body(rt, s, cap, &mut check, &mut digest, kept.as_mut()).await?;
+        verify_body(rt, check, who, &receiver)?;
+        // Its share of the budget is held as long as the body: until the relay is done.
+        let (body, _held) = kept.map(KeptBody::into_parts).unzip();
+        let evidence = verify_complete(rt, &receiver, s, body.as_deref(), who, credential).await?;
         if delivery_id.is_none() {
             delivery_id = evidence.delivery_id.as_deref().map(clip_id);
             log.delivery_id.clone_from(&delivery_id);
         }
+        event_accepted(&receiver, event.as_deref(), log)?;
+        receiver_rate(rt, &receiver)?;
+        let marks = replay(rt, &receiver, delivery_id.as_deref(), digest.finish())?;
         let verified = Verified {
-            head: req,
+            head: s.req_header(),
             body,
             evidence,
         };
-        if let Some(ev) = event.as_deref() {
-            if receiver.verifier.is_ping(ev) {
-                return Answer::json(
-                    200,
-                    "ping",
-                    &Summary {
-                        receiver: &receiver.label,
-                        event: Some(ev),
-                        relayed: false,
-                        ..Summary::default()
-                    },
-                );
-            }
-            if !receiver.accepts_event(Some(ev).filter(|e| !e.is_empty())) {
-                let why = if ev.is_empty() {
-                    "missing event header".to_string()
-                } else {
-                    format!(
-                        "event {:?} is not accepted by this receiver",
-                        log.event.as_deref().unwrap_or("")
-                    )
-                };
-                return Answer::refused(&Refusal::bad_request(Cause::EventNotAccepted, why));
-            }
-        }
-        if let Err(wait) = rt.guard.check_receiver(receiver.id) {
-            return Answer::refused(&Refusal::new(
-                429,
-                Cause::RateLimited,
-                "too many deliveries for this receiver",
-            ))
-            .retry_after(retry_after_secs(wait));
-        }
-        let claimed = match &delivery_id {
-            Some(id) if !receiver.replay_window.is_zero() => {
-                match rt
-                    .guard
-                    .replays
-                    .claim(receiver.id, id, receiver.replay_window)
-                {
-                    Claim::Duplicate => {
-                        return Answer::json(
-                            200,
-                            "duplicate",
-                            &Summary {
-                                receiver: &receiver.label,
-                                delivery: Some(id),
-                                duplicate: Some(true),
-                                relayed: false,
-                                ..Summary::default()
-                            },
-                        )
-                    }
-                    Claim::New => Some(id.as_str()),
-                }
-            }
-            _ => None,
-        };
-        let answer = match &receiver.forward {
-            Some(spec) => {
-                self.forward_to(&receiver, spec, verified, client, log)
-                    .await
-            }
-            None => self.relay_to(&receiver, &verified, log).await,
-        };
+        let answer = self
+            .relay_or_forward(&receiver, verified, client, log)
+            .await;
         if answer.status >= 300 {
             // Not relayed: the provider's redelivery must go through.
-            if let Some(id) = claimed {
-                rt.guard.replays.release(receiver.id, id);
-            }
+            rt.guard.replays.release(receiver.id, &marks);
         }
-        answer
+        Ok(answer)
+    }
+
+    async fn relay_or_forward(
+        &self,
+        receiver: &Receiver,
+        verified: Verified<'_>,
+        client: IpAddr,
+        log: &mut Delivery,
+    ) -> Answer {
+        match &receiver.forward {
+            Some(spec) => self.forward_to(receiver, spec, verified, client, log).await,
+            None => self.relay_to(receiver, &verified, log).await,
+        }
     }
 
     /// 200 when every target was patched (or filtered out) within `relay.wait`, 502 when the
@@ -613,24 +463,363 @@ impl HookApp {
     }
 }
 
+/// What one phase of a request gives the next, or the answer that ends the request.
+type Phase<T> = Result<T, Answer>;
+
+/// The head's framing and size, before anything in it is trusted.
+fn check_head(rt: &Runtime, s: &ServerSession) -> Phase<()> {
+    head::check(s, rt.limits.max_header_bytes).map_err(|r| Answer::refused(&r).closing())
+}
+
+/// The client's address: the peer's, or the one a trusted proxy forwarded.
+fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Delivery) -> Client {
+    let who = client_ip::resolve(
+        peer,
+        s.req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes()),
+        &rt.guard.trusted,
+    );
+    log.client = Some(who.addr());
+    who
+}
+
+/// The receiver the path names, if any.
+fn route(rt: &Runtime, s: &ServerSession, log: &mut Delivery) -> Option<Arc<Receiver>> {
+    let route = rt.routes.find(&s.req_header().uri).cloned();
+    log.receiver = route.clone();
+    route
+}
+
+/// The penalty box (address-wide, or for this receiver only when the address is a
+/// provider's) and the per-address rate, for every request, known path or not.
+fn guards(rt: &Runtime, who: Client, route: Option<&Receiver>) -> Phase<()> {
+    if let Some(wait) = rt.guard.blocked_for(who, route.map(|r| r.id)) {
+        return Err(Answer::refused(&Refusal::new(
+            429,
+            Cause::Blocked,
+            "address blocked after repeated failures",
+        ))
+        .retry_after(retry_after_secs(wait)));
+    }
+    if let Err(wait) = rt.guard.check_ip(who) {
+        return Err(Answer::refused(&Refusal::new(
+            429,
+            Cause::RateLimited,
+            format!("too many requests from {}", who.addr()),
+        ))
+        .retry_after(retry_after_secs(wait)));
+    }
+    Ok(())
+}
+
+/// An unknown path counts as a failure of the address, like a bad signature.
+fn known(rt: &Runtime, route: Option<Arc<Receiver>>, who: Client) -> Phase<Arc<Receiver>> {
+    route.ok_or_else(|| {
+        failed(rt, who, None);
+        Answer::refused(&Refusal::unknown_hook())
+    })
+}
+
+/// The receiver's allow-list, and Flux's `spec.suspend`.
+fn admitted(receiver: &Receiver, client: IpAddr) -> Phase<()> {
+    if !receiver.allows(client) {
+        return Err(Answer::refused(&Refusal::new(
+            403,
+            Cause::NotAllowed,
+            format!("source address {client} is not allowed for this receiver"),
+        )));
+    }
+    if receiver.suspended {
+        return Err(Answer::refused(&Refusal::new(
+            503,
+            Cause::Suspended,
+            "receiver is suspended (spec.suspend)",
+        )));
+    }
+    Ok(())
+}
+
+/// Only POST, and no body declared larger than the cap.
+fn method_and_size(s: &ServerSession, cap: BodyCap) -> Phase<()> {
+    if s.req_header().method != Method::POST {
+        return Err(Answer::refused(&Refusal::new(
+            405,
+            Cause::MethodNotAllowed,
+            "only POST is accepted",
+        )));
+    }
+    if declared_length(s).is_some_and(|n| n > cap.bytes) {
+        return Err(cap.too_large());
+    }
+    Ok(())
+}
+
+/// The provider's delivery id and event, from the head: what the log line names.
+fn identify(
+    receiver: &Receiver,
+    s: &ServerSession,
+    log: &mut Delivery,
+) -> (Option<String>, Option<String>) {
+    let head = &s.req_header().headers;
+    let delivery_id = receiver.delivery_id(head).map(clip_id);
+    log.delivery_id.clone_from(&delivery_id);
+    let event = receiver.verifier.event_header().map(|h| {
+        head.get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    });
+    log.event = event.as_ref().map(|e| e.chars().take(64).collect());
+    (delivery_id, event)
+}
+
+/// What the head alone shows about the credential; returns what the body must still prove.
+fn verify_head(
+    rt: &Runtime,
+    receiver: &Receiver,
+    s: &ServerSession,
+    who: Client,
+) -> Phase<BodyCheck> {
+    receiver
+        .verifier
+        .begin(&s.req_header().headers)
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
+}
+
+/// A bearer token checked against its issuer's keys, from the head alone: a sender without a
+/// valid credential never has a body byte read.
+async fn authenticate(
+    rt: &Runtime,
+    receiver: &Receiver,
+    s: &ServerSession,
+    who: Client,
+) -> Phase<Evidence> {
+    if !receiver.verifier.authenticates() {
+        return Ok(Evidence::default());
+    }
+    receiver
+        .verifier
+        .authenticate(&s.req_header().headers)
+        .await
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
+}
+
+/// For receivers that keep the body: its memory, reserved from the shared budget before any
+/// of it is read (the declared length, or chunk by chunk), or a 503 past the budget.
+fn keep_body(rt: &Runtime, receiver: &Receiver, s: &ServerSession) -> Phase<Option<KeptBody>> {
+    if !receiver.keep_body {
+        return Ok(None);
+    }
+    KeptBody::reserve(&rt.guard.bodies, declared_length(s).unwrap_or(0)).map(Some)
+}
+
+/// Answers `Expect: 100-continue` once the head has been accepted, so the client sends the body.
+async fn continue_if_expected(s: &mut ServerSession) -> Phase<()> {
+    if expects_continue(s) {
+        if let Err(e) = s.write_continue_response().await {
+            return Err(Answer::text(
+                400,
+                "malformed_request",
+                &format!("cannot continue: {}", head::explanation(&e)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Streams the body through the check under one deadline, keeping it only when something
+/// after verification reads it; otherwise memory per request does not grow with the body.
+async fn read_body(
+    rt: &Runtime,
+    s: &mut ServerSession,
+    cap: BodyCap,
+    check: &mut BodyCheck,
+    digest: &mut replay::BodyDigest,
+    mut kept: Option<&mut KeptBody>,
+) -> Phase<()> {
+    let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
+    let mut total: u64 = 0;
+    loop {
+        match timeout_at(deadline, s.read_request_body()).await {
+            Err(_) => {
+                return Err(Answer::refused(&Refusal::new(
+                    408,
+                    Cause::BodyTimeout,
+                    format!(
+                        "body not received within {}",
+                        humantime::format_duration(rt.limits.body_timeout)
+                    ),
+                )))
+            }
+            // Where a body that does not parse ends is unknown: what follows it is not read
+            // as another request.
+            Ok(Err(e)) => {
+                return Err(Answer::refused(&Refusal::bad_request(
+                    Cause::MalformedRequest,
+                    format!("malformed body: {}", head::explanation(&e)),
+                ))
+                .closing())
+            }
+            Ok(Ok(None)) => return chunk_lines(s),
+            Ok(Ok(Some(chunk))) => {
+                total += chunk.len() as u64;
+                if total > cap.bytes {
+                    return Err(cap.too_large());
+                }
+                check.update(&chunk);
+                digest.update(&chunk);
+                if let Some(b) = kept.as_deref_mut() {
+                    b.push(&chunk, cap, &rt.guard.bodies)?;
+                }
+            }
+        }
+    }
+}
+
+/// pingora reads chunk lines leniently; the bytes are read again for what it lets by.
+fn chunk_lines(s: &ServerSession) -> Phase<()> {
+    match super::tls_stream::framing_error(s) {
+        None => Ok(()),
+        Some(why) => Err(Answer::refused(&Refusal::bad_request(
+            Cause::MalformedRequest,
+            format!("malformed body: {why}"),
+        ))
+        .closing()),
+    }
+}
+
+/// The HMAC over the body, once all of it has streamed through.
+fn verify_body(rt: &Runtime, check: BodyCheck, who: Client, receiver: &Receiver) -> Phase<()> {
+    check.finish().map_err(|r| {
+        failed(rt, who, Some(receiver.id));
+        Answer::refused(&r)
+    })
+}
+
+/// The checks that need the whole body, for types that have them; what they learn is added
+/// to what the credential showed.
+async fn verify_complete(
+    rt: &Runtime,
+    receiver: &Receiver,
+    s: &ServerSession,
+    body: Option<&[u8]>,
+    who: Client,
+    credential: Evidence,
+) -> Phase<Evidence> {
+    if !receiver.verifier.completes() {
+        return Ok(credential);
+    }
+    receiver
+        .verifier
+        .complete(&s.req_header().headers, body.unwrap_or_default())
+        .await
+        .map(|e| credential.and(e))
+        .map_err(|r| refused_credential(rt, &r, who, receiver))
+}
+
+/// A refusal from a verifier; a 401 counts against the address, a 503 (keys unavailable)
+/// does not.
+fn refused_credential(rt: &Runtime, r: &Refusal, who: Client, receiver: &Receiver) -> Answer {
+    if r.status == 401 {
+        failed(rt, who, Some(receiver.id));
+    }
+    Answer::refused(r)
+}
+
+/// A ping is answered here without a relay; an event the receiver does not take is refused.
+fn event_accepted(receiver: &Receiver, event: Option<&str>, log: &Delivery) -> Phase<()> {
+    let Some(ev) = event else {
+        return Ok(());
+    };
+    if receiver.verifier.is_ping(ev) {
+        return Err(Answer::json(
+            200,
+            "ping",
+            &Summary {
+                receiver: &receiver.label,
+                event: Some(ev),
+                relayed: false,
+                ..Summary::default()
+            },
+        ));
+    }
+    if !receiver.accepts_event(Some(ev).filter(|e| !e.is_empty())) {
+        let why = if ev.is_empty() {
+            "missing event header".to_string()
+        } else {
+            format!(
+                "event {:?} is not accepted by this receiver",
+                log.event.as_deref().unwrap_or("")
+            )
+        };
+        return Err(Answer::refused(&Refusal::bad_request(
+            Cause::EventNotAccepted,
+            why,
+        )));
+    }
+    Ok(())
+}
+
+/// The per-receiver rate, counted only for verified deliveries.
+fn receiver_rate(rt: &Runtime, receiver: &Receiver) -> Phase<()> {
+    rt.guard.check_receiver(receiver.id).map_err(|wait| {
+        Answer::refused(&Refusal::new(
+            429,
+            Cause::RateLimited,
+            "too many deliveries for this receiver",
+        ))
+        .retry_after(retry_after_secs(wait))
+    })
+}
+
+/// Claims the delivery id and, for types whose signature covers the body, the body's digest
+/// in the replay cache: either seen within the window makes a duplicate, answered 200
+/// without a relay. Returns what was claimed, to release if the relay fails.
+fn replay(
+    rt: &Runtime,
+    receiver: &Receiver,
+    delivery_id: Option<&str>,
+    body: Option<[u8; 32]>,
+) -> Phase<Vec<Mark>> {
+    if receiver.replay_window.is_zero() {
+        return Ok(Vec::new());
+    }
+    let marks = replay::marks(delivery_id, body);
+    if marks.is_empty()
+        || rt
+            .guard
+            .replays
+            .claim(receiver.id, &marks, receiver.replay_window)
+            == Claim::New
+    {
+        return Ok(marks);
+    }
+    Err(Answer::json(
+        200,
+        "duplicate",
+        &Summary {
+            receiver: &receiver.label,
+            delivery: delivery_id,
+            duplicate: Some(true),
+            relayed: false,
+            ..Summary::default()
+        },
+    ))
+}
+
 /// A provider's delivery id as it is remembered and logged: at most 128 characters, so a
 /// sender cannot make one replay-cache entry or log line as large as it likes.
 fn clip_id(id: &str) -> String {
     id.chars().take(128).collect()
 }
 
-fn failed(rt: &Runtime, client: IpAddr) {
-    if rt.guard.record_failure(client) {
-        tracing::warn!(client = %client, "address blocked after repeated failed verifications or unknown paths");
+fn failed(rt: &Runtime, who: Client, receiver: Option<u32>) {
+    if rt.guard.record_failure(who, receiver, &rt.ranges) {
+        tracing::warn!(client = %who.addr(), "address blocked after repeated failed verifications or unknown paths");
     }
-}
-
-fn too_large(rt: &Runtime) -> Answer {
-    Answer::refused(&Refusal::new(
-        413,
-        Cause::TooLarge,
-        format!("body larger than {} bytes", rt.limits.max_body_bytes),
-    ))
 }
 
 fn declared_length(s: &ServerSession) -> Option<u64> {

@@ -14,8 +14,17 @@ use crate::metrics;
 use arc_swap::ArcSwap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+/// How long reading the configuration and the files it names may take, at start and on reload.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads in flight, one left stuck by a timeout included: while one is stuck (a FIFO nobody
+/// writes, a hung mount), one more may run, so a fixed file reloads; beyond that reloads fail
+/// at once instead of leaving a thread behind each.
+const MAX_READS: usize = 2;
 
 /// What one configuration means for requests.
 pub struct Runtime {
@@ -91,6 +100,8 @@ pub struct Live {
     cluster: Mutex<ClusterReceivers>,
     /// Counts successful reloads, for the cluster watch to apply new defaults.
     reloads: tokio::sync::watch::Sender<u64>,
+    /// Reads of the configuration in flight (`MAX_READS`).
+    reads: Arc<AtomicUsize>,
 }
 
 /// A lock whose holder panicked still guards consistent data: every update here is one store.
@@ -127,6 +138,7 @@ impl Live {
             loaded: Mutex::new((settings, files)),
             cluster: Mutex::new(cluster),
             reloads: tokio::sync::watch::Sender::new(0),
+            reads: Arc::default(),
         }
     }
 
@@ -166,9 +178,16 @@ impl Live {
 
     /// Reads the configuration again and swaps it in; on any error the running configuration
     /// stays and the error is logged and counted.
-    pub fn reload(&self, why: &str) {
+    pub async fn reload(&self, why: &str) {
         let m = metrics::get();
-        match Settings::load(&self.config_path) {
+        super::notify::reloading();
+        let path = self.config_path.clone();
+        let reads = self.reads.clone();
+        // The wait for the reading thread is itself blocking, so it is not done on this runtime.
+        let read = tokio::task::spawn_blocking(move || read_settings(&path, &reads))
+            .await
+            .unwrap_or_else(|e| Err(format!("the read failed: {e}")));
+        match read {
             Ok(new) => {
                 let mut loaded = lock(&self.loaded);
                 for key in loaded.0.fixed_differences(&new) {
@@ -203,6 +222,7 @@ impl Live {
                 m.config_reloads.with_label_values(&["ok"]).inc();
                 m.last_reload_success.set(unix_now());
                 m.last_reload_successful.set(1);
+                super::notify::reloaded("configuration reloaded");
             }
             Err(e) => {
                 // Remember the failed version so it is not retried every tick; the next change
@@ -211,14 +231,57 @@ impl Live {
                 if let Ok(mut s) = self.stamps.lock() {
                     *s = stamps(&files);
                 }
-                let problems = e.to_string().replace('\n', "; ");
+                let problems = e.replace('\n', "; ");
                 tracing::error!(
                     trigger = why,
                     "configuration reload failed, keeping the running configuration: {problems}"
                 );
                 m.config_reloads.with_label_values(&["failed"]).inc();
                 m.last_reload_successful.set(0);
+                super::notify::reloaded("reload refused, the previous configuration runs");
             }
+        }
+    }
+}
+
+/// Reads the configuration and every file it names (secrets, certificate, key, range files)
+/// on a thread of its own and waits for it at most `READ_TIMEOUT`: a file that blocks its
+/// reader (a FIFO, a hung mount) then holds that thread, never the runtime that serves requests
+/// and drives the Kubernetes client. A read that timed out is left to end on its thread, and
+/// counts against `MAX_READS` until it does.
+pub fn read_settings(path: &Path, reads: &Arc<AtomicUsize>) -> Result<Settings, String> {
+    struct InFlight(Arc<AtomicUsize>);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    if reads.fetch_add(1, Ordering::SeqCst) >= MAX_READS {
+        reads.fetch_sub(1, Ordering::SeqCst);
+        return Err(format!(
+            "earlier reads of the configuration are still blocked (for more than {}s) on a file it names: fix that file",
+            READ_TIMEOUT.as_secs()
+        ));
+    }
+    let in_flight = InFlight(reads.clone());
+    let (tx, rx) = mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("fluxgate-read".into())
+        .spawn(move || {
+            let _in_flight = in_flight;
+            let _ = tx.send(Settings::load(&p).map_err(|e| e.to_string()));
+        })
+        .map_err(|e| format!("cannot start a thread to read the configuration: {e}"))?;
+    match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "reading {} and the files it names took longer than {}s: one of them blocks its reader (a FIFO, or a hung mount?)",
+            path.display(),
+            READ_TIMEOUT.as_secs()
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err("the thread reading the configuration ended without an answer".into())
         }
     }
 }

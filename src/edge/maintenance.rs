@@ -49,7 +49,7 @@ impl BackgroundService for Maintenance {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.live.reload("SIGHUP");
+                    self.live.reload("SIGHUP").await;
                     continue;
                 }
                 _ = tick.tick() => {}
@@ -58,7 +58,7 @@ impl BackgroundService for Maintenance {
             if !self.watch_interval.is_zero() && now >= next_watch {
                 next_watch = now + self.watch_interval;
                 if self.live.files_changed() {
-                    self.live.reload("changed file");
+                    self.live.reload("changed file").await;
                 }
             }
             let rt = self.live.get();

@@ -2,14 +2,19 @@
 
 pub mod admin;
 pub mod answer;
+pub mod body;
 pub mod connection;
+pub mod drain;
+pub mod framing;
 pub mod head;
 pub mod hook;
 pub mod live;
 pub mod maintenance;
+pub mod notify;
 pub mod routes;
 pub mod tls;
 pub mod tls_stream;
+pub mod upgrade;
 
 use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
@@ -20,7 +25,7 @@ use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::Path;
@@ -100,6 +105,14 @@ pub fn run(
     );
     let (listen, admin_listen) = (settings.server.listen, settings.server.admin_listen);
     let watch_interval = settings.server.watch_interval;
+    let (grace, upgrade_sock) = (
+        settings.server.grace_period,
+        settings.server.upgrade_sock.clone(),
+    );
+    let ready_status = format!(
+        "serving {} receivers on {listen}, admin on {admin_listen}",
+        settings.receivers.len()
+    );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
 
     let cluster = settings
@@ -123,10 +136,17 @@ pub fn run(
         &relay_queue,
         resumed,
     ));
+    let durable = fleet.is_durable();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
+    let capacity =
+        connection::Capacity::new(connection::Capacity::size(settings.server.max_connections));
+    tracing::info!(
+        max_connections = capacity.limit(),
+        "connections on the hook listener are capped (0: no cap)"
+    );
     let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
 
     let tls = match tls::server_config(resolver) {
@@ -139,7 +159,7 @@ pub fn run(
     let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
     let mut hooks = Service::new(
         "fluxgate hooks".to_string(),
-        connection::HookServer { app, tls },
+        connection::HookServer { app, tls, capacity },
     );
     hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
     // TLS is accepted by HookServer (see tls_stream), so pingora listens on plain TCP. No
@@ -186,5 +206,16 @@ pub fn run(
     server.add_service(admin);
     server.add_service(maintenance);
     server.add_service(worker);
-    server.run_forever()
+
+    drain::exit_when_idle(server.watch_execution_phase(), grace, durable);
+    // Within systemd's default start timeout (90 s): pingora binds when its runtimes start.
+    notify::ready_when_listening(
+        vec![listen, admin_listen],
+        ready_status,
+        std::time::Duration::from_secs(60),
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(upgrade::Signals { upgrade_sock }),
+    });
+    std::process::exit(0)
 }

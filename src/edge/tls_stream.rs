@@ -6,6 +6,8 @@
 //! per-address connection slot from before the handshake, and lets the server choose the
 //! cipher suite (see [`super::tls::server_config`]).
 
+use super::connection::Activity;
+use super::framing::Framing;
 use crate::guard::cidr::canonical;
 use async_trait::async_trait;
 use pingora::protocols::l4::socket::SocketAddr;
@@ -22,7 +24,9 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::server::TlsStream;
 
-pub struct TlsConn(pub TlsStream<Stream>);
+/// The stream, what its reads tell about whether the connection is idle, and the framing of
+/// the requests read a second time (see [`super::framing`]).
+pub struct TlsConn(pub TlsStream<Stream>, pub Arc<Activity>, pub Framing);
 
 impl TlsConn {
     fn tcp(&self) -> &Stream {
@@ -42,7 +46,18 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.0).poll_read(cx, buf);
+        match &read {
+            Poll::Pending => this.1.client_silent(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.1.client_sent();
+                this.2.read(&buf.filled()[before..]);
+            }
+            Poll::Ready(_) => {}
+        }
+        read
     }
 }
 
@@ -112,6 +127,14 @@ impl GetSocketDigest for TlsConn {
 
 #[async_trait]
 impl Peek for TlsConn {}
+
+/// Why a chunk line of the request read so far on this session's connection is refused.
+pub fn framing_error(s: &pingora::protocols::http::ServerSession) -> Option<&'static str> {
+    s.stream()?
+        .as_any()
+        .downcast_ref::<TlsConn>()
+        .and_then(|c| c.2.error())
+}
 
 /// The peer's address as pingora recorded it at accept.
 pub fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {

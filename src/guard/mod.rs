@@ -3,6 +3,7 @@
 //! delivery was already relayed.
 
 pub mod allow;
+pub mod budget;
 pub mod cidr;
 pub mod client_ip;
 pub mod ranges;
@@ -10,8 +11,11 @@ pub mod rate;
 pub mod replay;
 
 use crate::config::LimitSettings;
+use budget::BodyBudget;
 use cidr::IpSet;
-use rate::{Connections, FailurePolicy, Failures, IpKey, Limiter, Rate};
+use client_ip::Client;
+use ranges::RangeSet;
+use rate::{Connections, FailurePolicy, IpKey, Limiter, PenaltyBox, Rate, Scope};
 use replay::Replays;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,16 +27,25 @@ use std::time::Duration;
 pub struct Guard {
     per_ip: Option<Arc<(Rate, Limiter<IpKey>)>>,
     per_receiver: Option<Arc<(Rate, Limiter<u32>)>>,
-    failures: Option<Arc<(FailurePolicy, Failures)>>,
+    failures: Option<Arc<(FailurePolicy, PenaltyBox)>>,
     pub connections: Arc<Connections>,
     pub replays: Arc<Replays>,
+    /// Bytes of bodies held in full across requests in flight; kept across reloads.
+    pub bodies: Arc<BodyBudget>,
     /// Peers whose `X-Forwarded-For` is believed; they carry many clients, so they are never
     /// limited or blocked as one.
     pub trusted: IpSet,
 }
 
-/// Addresses tracked by the penalty box at most; beyond it, expired entries are swept first.
+/// Keys tracked by each of the penalty box's maps at most; beyond it, expired entries are
+/// swept first, and new keys are not tracked while it is still full.
 const MAX_TRACKED_FAILURES: usize = 100_000;
+
+fn report_body_memory(held: u64) {
+    crate::metrics::get()
+        .body_memory
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
+}
 
 fn keep<S: PartialEq + Copy, T>(
     old: Option<&Arc<(S, T)>>,
@@ -52,10 +65,11 @@ impl Guard {
             per_ip: keep(None, limits.per_ip, Limiter::new),
             per_receiver: keep(None, limits.per_receiver, Limiter::new),
             failures: keep(None, limits.failures, |f| {
-                Failures::new(f, MAX_TRACKED_FAILURES)
+                PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: Arc::new(Connections::new(limits.max_connections_per_ip)),
             replays: Arc::new(Replays::new(limits.replay_cache_entries)),
+            bodies: BodyBudget::new(limits.body_memory_bytes, report_body_memory),
             trusted,
         }
     }
@@ -64,6 +78,7 @@ impl Guard {
     pub fn reconfigure(&self, limits: &LimitSettings, trusted: IpSet) -> Self {
         self.connections.set_max(limits.max_connections_per_ip);
         self.replays.set_capacity(limits.replay_cache_entries);
+        self.bodies.set_limit(limits.body_memory_bytes);
         Guard {
             per_ip: keep(self.per_ip.as_ref(), limits.per_ip, Limiter::new),
             per_receiver: keep(
@@ -72,10 +87,11 @@ impl Guard {
                 Limiter::new,
             ),
             failures: keep(self.failures.as_ref(), limits.failures, |f| {
-                Failures::new(f, MAX_TRACKED_FAILURES)
+                PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: self.connections.clone(),
             replays: self.replays.clone(),
+            bodies: self.bodies.clone(),
             trusted,
         }
     }
@@ -84,19 +100,60 @@ impl Guard {
         self.trusted.contains(ip)
     }
 
-    /// How long `ip` is still in the penalty box.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        self.failures.as_ref()?.1.blocked(ip)
+    /// The key a client is limited by, or `None` for a trusted proxy standing for its many
+    /// clients (no header, or only proxies in it).
+    fn key(&self, client: Client) -> Option<IpKey> {
+        match client {
+            Client::Addr(ip) if self.is_trusted(ip) => None,
+            c => Some(IpKey::from(c)),
+        }
     }
 
-    /// Counts a failed verification or an unknown path; true when it put `ip` in the box.
-    pub fn record_failure(&self, ip: IpAddr) -> bool {
-        !self.is_trusted(ip) && self.failures.as_ref().is_some_and(|f| f.1.record(ip))
+    /// How long `client` is still in the penalty box for every receiver: what the connection
+    /// filter refuses before the handshake.
+    pub fn blocked(&self, client: impl Into<Client>) -> Option<Duration> {
+        self.failures.as_ref()?.1.blocked(self.key(client.into())?)
     }
 
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
-        match &self.per_ip {
-            Some(l) if !self.is_trusted(ip) => l.1.check(&IpKey::from(ip)),
+    /// How long `client` is still in the penalty box for `receiver` (`None`: an unknown path),
+    /// whether blocked for every receiver or, as a provider's address, for this one.
+    pub fn blocked_for(
+        &self,
+        client: impl Into<Client>,
+        receiver: Option<u32>,
+    ) -> Option<Duration> {
+        self.failures
+            .as_ref()?
+            .1
+            .blocked_for(self.key(client.into())?, receiver)
+    }
+
+    /// Counts a failed verification (`receiver` given) or an unknown path (`None`); true when
+    /// it put the client in the box. `sets` are the configuration's named range sets: a
+    /// failure from a provider's address counts against that receiver only (see
+    /// [`PenaltyBox`]).
+    pub fn record_failure(
+        &self,
+        client: impl Into<Client>,
+        receiver: Option<u32>,
+        sets: &[Arc<RangeSet>],
+    ) -> bool {
+        let client = client.into();
+        let (Some(f), Some(key)) = (&self.failures, self.key(client)) else {
+            return false;
+        };
+        let shared = matches!(client, Client::Addr(ip) if ranges::is_provider(ip, sets));
+        let scope = match (shared, receiver) {
+            (false, _) => Scope::Address,
+            (true, Some(r)) => Scope::Receiver(r),
+            (true, None) => Scope::Nowhere,
+        };
+        f.1.record(key, scope)
+    }
+
+    pub fn check_ip(&self, client: impl Into<Client>) -> Result<(), Duration> {
+        match (&self.per_ip, self.key(client.into())) {
+            (Some(l), Some(key)) => l.1.check(&key),
             _ => Ok(()),
         }
     }

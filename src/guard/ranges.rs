@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 const GITHUB: &str = include_str!("../../ranges/github.json");
@@ -170,6 +170,26 @@ fn to_set(nets: &[IpNet]) -> IpSet {
     s
 }
 
+/// Whether `ip` belongs to a shared sender: it is in one of `sets` (the configuration's named
+/// sets, refreshed or the operator's own), or in a built-in provider snapshot that `sets` does
+/// not name. The built-in ones count even when no receiver names them: a receiver without
+/// `allow_from` still takes GitHub's deliveries from GitHub's addresses.
+pub fn is_provider(ip: IpAddr, sets: &[Arc<RangeSet>]) -> bool {
+    static BUILTIN: OnceLock<Vec<(&'static str, IpSet)>> = OnceLock::new();
+    if sets.iter().any(|s| s.contains(ip)) {
+        return true;
+    }
+    BUILTIN
+        .get_or_init(|| {
+            BUILTIN_NAMES
+                .iter()
+                .filter_map(|n| Some((*n, to_set(&parse(builtin(n)?).ok()?))))
+                .collect()
+        })
+        .iter()
+        .any(|(name, set)| !sets.iter().any(|s| s.name == *name) && set.contains(ip))
+}
+
 /// All named sets a configuration uses, by name.
 pub type RangeSets = HashMap<String, Arc<RangeSet>>;
 
@@ -195,6 +215,31 @@ mod tests {
         assert!(!gh.contains("8.8.8.8".parse().unwrap()));
         let bb = parse(BITBUCKET).unwrap();
         assert!(bb.contains(&"104.192.136.0/21".parse().unwrap()));
+    }
+
+    #[test]
+    fn provider_addresses_are_those_of_any_named_set_or_builtin_snapshot() {
+        let gh = "140.82.115.10".parse().unwrap();
+        let office: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(is_provider(gh, &[]), "built-in snapshots count unnamed");
+        assert!(is_provider("104.192.136.1".parse().unwrap(), &[]));
+        assert!(!is_provider("8.8.8.8".parse().unwrap(), &[]));
+        let own = Arc::new(RangeSet::new(
+            "office",
+            &parse("192.0.2.0/24").unwrap(),
+            None,
+            Duration::from_secs(60),
+        ));
+        assert!(is_provider(office, &[own]));
+        // A configured set of a built-in name replaces its snapshot.
+        let replaced = Arc::new(RangeSet::new(
+            "github",
+            &parse("192.0.2.0/24").unwrap(),
+            None,
+            Duration::from_secs(60),
+        ));
+        assert!(!is_provider(gh, std::slice::from_ref(&replaced)));
+        assert!(is_provider(office, &[replaced]));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Rate limits per client and per receiver, the penalty box for addresses that keep failing
 //! verification, and the cap on concurrent connections per address.
 
+use super::client_ip::Client;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +19,21 @@ use std::time::{Duration, Instant};
 pub enum IpKey {
     V4(u32),
     V6(u64),
+    /// Clients whose forwarded entry was unparsable, per proxy that passed them on: apart from
+    /// the proxy's own key, which stands for its well-formed clients too.
+    Unparsable(u128),
+}
+
+impl From<Client> for IpKey {
+    fn from(c: Client) -> Self {
+        match c {
+            Client::Addr(ip) => IpKey::from(ip),
+            Client::Unparsable { via } => IpKey::Unparsable(match via.to_canonical() {
+                IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+                IpAddr::V6(a) => u128::from(a),
+            }),
+        }
+    }
 }
 
 impl From<IpAddr> for IpKey {
@@ -110,14 +127,17 @@ pub struct FailurePolicy {
     pub block_for: Duration,
 }
 
-pub struct Failures {
+/// Failures counted per key, and the keys in the box. Both maps hold at most `max_tracked`
+/// keys: when one is full even after expired entries are swept, a new key is not tracked, so
+/// memory stays bounded whatever the number of senders (its sender is still rate limited).
+pub struct Failures<K: Hash + Eq> {
     policy: FailurePolicy,
-    counts: DashMap<IpKey, (Instant, u32)>,
-    blocked: DashMap<IpKey, Instant>,
+    counts: DashMap<K, (Instant, u32)>,
+    blocked: DashMap<K, Instant>,
     max_tracked: usize,
 }
 
-impl Failures {
+impl<K: Hash + Eq + Copy> Failures<K> {
     pub fn new(policy: FailurePolicy, max_tracked: usize) -> Self {
         Failures {
             policy,
@@ -127,9 +147,8 @@ impl Failures {
         }
     }
 
-    /// How long the address is still refused, if it is.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let key = IpKey::from(ip);
+    /// How long the key is still refused, if it is.
+    pub fn blocked(&self, key: K) -> Option<Duration> {
         let until = *self.blocked.get(&key)?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -140,12 +159,11 @@ impl Failures {
         }
     }
 
-    /// Counts one failure; returns true when this one put the address in the box.
-    pub fn record(&self, ip: IpAddr) -> bool {
-        let key = IpKey::from(ip);
+    /// Counts one failure; returns true when this one put the key in the box.
+    pub fn record(&self, key: K) -> bool {
         let now = Instant::now();
-        if self.counts.len() >= self.max_tracked && !self.counts.contains_key(&key) {
-            self.sweep();
+        if !self.room_for(&self.counts, &key) {
+            return false;
         }
         let mut e = self.counts.entry(key).or_insert((now, 0));
         if now.duration_since(e.0) > self.policy.window {
@@ -155,10 +173,22 @@ impl Failures {
         if e.1 >= self.policy.limit {
             drop(e);
             self.counts.remove(&key);
+            if !self.room_for(&self.blocked, &key) {
+                return false;
+            }
             self.blocked.insert(key, now + self.policy.block_for);
             return true;
         }
         false
+    }
+
+    /// Whether `key` is in `map` or may be added without passing `max_tracked`.
+    fn room_for<V>(&self, map: &DashMap<K, V>, key: &K) -> bool {
+        if map.len() < self.max_tracked || map.contains_key(key) {
+            return true;
+        }
+        self.sweep();
+        map.len() < self.max_tracked
     }
 
     pub fn sweep(&self) {
@@ -170,6 +200,71 @@ impl Failures {
 
     pub fn blocked_count(&self) -> usize {
         self.blocked.len()
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.counts.len()
+    }
+}
+
+/// The penalty box. Failures from most addresses block the address for every receiver.
+/// Failures from a shared sender's address (one in a provider's range set, such as GitHub's
+/// webhook egress, which anyone can aim at fluxgate with a hook of their own) only block it
+/// for the receiver they were aimed at, and failures without a receiver (unknown paths) do
+/// not count for it: otherwise a stranger's misconfigured hooks would lock a provider out of
+/// every receiver.
+pub struct PenaltyBox {
+    addresses: Failures<IpKey>,
+    per_receiver: Failures<(IpKey, u32)>,
+}
+
+/// Where a failure counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Against the address, for every receiver.
+    Address,
+    /// Against the address for this receiver only.
+    Receiver(u32),
+    /// Nowhere.
+    Nowhere,
+}
+
+impl PenaltyBox {
+    pub fn new(policy: FailurePolicy, max_tracked: usize) -> Self {
+        PenaltyBox {
+            addresses: Failures::new(policy, max_tracked),
+            per_receiver: Failures::new(policy, max_tracked),
+        }
+    }
+
+    /// How long the key is still refused for every receiver, if it is.
+    pub fn blocked(&self, key: IpKey) -> Option<Duration> {
+        self.addresses.blocked(key)
+    }
+
+    /// How long the key is still refused for `receiver`: blocked for all, or for it alone.
+    pub fn blocked_for(&self, key: IpKey, receiver: Option<u32>) -> Option<Duration> {
+        let wide = self.addresses.blocked(key);
+        let own = receiver.and_then(|r| self.per_receiver.blocked((key, r)));
+        wide.max(own)
+    }
+
+    /// Counts one failure; true when it put the key in the box (for `scope`).
+    pub fn record(&self, key: IpKey, scope: Scope) -> bool {
+        match scope {
+            Scope::Address => self.addresses.record(key),
+            Scope::Receiver(r) => self.per_receiver.record((key, r)),
+            Scope::Nowhere => false,
+        }
+    }
+
+    pub fn sweep(&self) {
+        self.addresses.sweep();
+        self.per_receiver.sweep();
+    }
+
+    pub fn blocked_count(&self) -> usize {
+        self.addresses.blocked_count() + self.per_receiver.blocked_count()
     }
 }
 
@@ -292,23 +387,84 @@ mod tests {
         );
     }
 
+    fn policy(limit: u32) -> FailurePolicy {
+        FailurePolicy {
+            limit,
+            window: Duration::from_secs(60),
+            block_for: Duration::from_secs(600),
+        }
+    }
+
     #[test]
     fn failures_fill_the_box_per_address() {
-        let f = Failures::new(
-            FailurePolicy {
-                limit: 3,
-                window: Duration::from_secs(60),
-                block_for: Duration::from_secs(600),
-            },
-            1000,
-        );
-        let bad = ip("127.0.0.9");
+        let f = Failures::new(policy(3), 1000);
+        let bad = IpKey::from(ip("127.0.0.9"));
         assert!(!f.record(bad));
         assert!(!f.record(bad));
         assert!(f.blocked(bad).is_none());
         assert!(f.record(bad));
         assert!(f.blocked(bad).unwrap() > Duration::from_secs(590));
-        assert!(f.blocked(ip("127.0.0.10")).is_none());
+        assert!(f.blocked(IpKey::from(ip("127.0.0.10"))).is_none());
+    }
+
+    #[test]
+    fn failures_scoped_to_a_receiver_block_the_address_for_it_alone() {
+        let b = PenaltyBox::new(policy(2), 1000);
+        let gh = IpKey::from(ip("140.82.115.10"));
+        assert!(!b.record(gh, Scope::Receiver(1)));
+        assert!(b.record(gh, Scope::Receiver(1)));
+        assert!(b.blocked_for(gh, Some(1)).is_some());
+        assert!(b.blocked_for(gh, Some(2)).is_none(), "other receivers");
+        assert!(b.blocked_for(gh, None).is_none(), "unknown paths");
+        assert!(b.blocked(gh).is_none(), "the connection filter");
+        for _ in 0..10 {
+            assert!(!b.record(gh, Scope::Nowhere));
+        }
+        assert!(b.blocked_for(gh, Some(2)).is_none());
+        // An address-wide block covers every receiver.
+        let other = IpKey::from(ip("203.0.113.7"));
+        b.record(other, Scope::Address);
+        b.record(other, Scope::Address);
+        assert!(b.blocked_for(other, Some(2)).is_some());
+        assert!(b.blocked(other).is_some());
+    }
+
+    #[test]
+    fn the_box_tracks_at_most_max_tracked_keys() {
+        let f = Failures::new(policy(2), 100);
+        for i in 0..10_000u32 {
+            let k = IpKey::V4(i);
+            f.record(k);
+            f.record(k);
+        }
+        assert!(f.tracked() <= 100 && f.blocked_count() <= 100);
+        assert!(
+            f.blocked(IpKey::V4(0)).is_some(),
+            "the first ones stay boxed"
+        );
+        assert!(
+            f.blocked(IpKey::V4(9_999)).is_none(),
+            "no room: not tracked"
+        );
+    }
+
+    #[test]
+    fn unparsable_clients_are_keyed_apart_from_their_proxy() {
+        let proxy = ip("10.0.0.2");
+        let via = IpKey::from(Client::Unparsable { via: proxy });
+        assert_ne!(via, IpKey::from(proxy));
+        assert_eq!(
+            via,
+            IpKey::from(Client::Unparsable {
+                via: ip("::ffff:10.0.0.2")
+            })
+        );
+        assert_ne!(
+            via,
+            IpKey::from(Client::Unparsable {
+                via: ip("10.0.0.3")
+            })
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::target::Target;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
@@ -133,7 +133,7 @@ pub async fn load_config(
     context: Option<&str>,
     timeout: Duration,
 ) -> Result<kube::Config, String> {
-    let kc = Kubeconfig::read_from(path).map_err(|e| error_chain(&e))?;
+    let kc = Kubeconfig::read_from(path).map_err(|e| kubeconfig_error(&e))?;
     let opts = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -147,6 +147,42 @@ pub async fn load_config(
     // Retries are the relay's decision, so a refused patch is reported at once.
     cfg.default_retry = false;
     Ok(cfg)
+}
+
+/// Why the kubeconfig could not be read. A parse error's own text quotes the offending line,
+/// and a kubeconfig's lines hold the account's token and key, so a parse error is told by its
+/// line, column and kind alone.
+fn kubeconfig_error(e: &KubeconfigError) -> String {
+    match e {
+        KubeconfigError::Parse(p) => yaml_error(p),
+        other => error_chain(other),
+    }
+}
+
+/// Where and what kind of YAML error, built from the error's fields that come from the parser
+/// and the target type, never from the file's text (messages and `unexpected` values may
+/// quote it).
+fn yaml_error(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::Error as E;
+    let kind = match e.without_snippet() {
+        E::Eof { .. } => "unexpected end of the document".to_string(),
+        E::Unexpected { expected, .. } => format!("expected {expected}"),
+        E::InvalidScalar { ty, .. } => format!("not a valid {ty}"),
+        E::SerdeInvalidType { expected, .. } | E::SerdeInvalidValue { expected, .. } => {
+            format!("wrong value, expected {expected}")
+        }
+        E::MultipleDocuments { .. } => "more than one YAML document".to_string(),
+        E::ExternalMessage { .. } => "YAML syntax error".to_string(),
+        _ => "not a valid kubeconfig".to_string(),
+    };
+    match e.location() {
+        Some(at) => format!(
+            "invalid YAML at line {}, column {}: {kind} (the line is not shown: it may hold credentials)",
+            at.line(),
+            at.column()
+        ),
+        None => format!("invalid YAML: {kind} (the file's text is not shown: it may hold credentials)"),
+    }
 }
 
 /// A client made on first use: kube's client spawns its worker on the runtime that builds it,
@@ -278,5 +314,37 @@ impl KubeApi {
             .into_iter()
             .filter_map(|o| o.metadata.name)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.sa-token-do-not-print";
+
+    async fn error_for(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kubeconfig");
+        std::fs::write(&p, text).unwrap();
+        load_config(&p, None, Duration::from_secs(1))
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_broken_kubeconfig_is_reported_by_place_and_kind_without_its_text() {
+        // A syntax error on the token's own line, a type error on it, and a truncated file.
+        let head = "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n";
+        for (text, line) in [
+            (format!("{head}    token: {TOKEN}: x\n"), 6),
+            (format!("{head}    token: [{TOKEN}]\n"), 6),
+            (format!("{head}    token: \"{TOKEN}\n"), 6),
+            (format!("clusters: {TOKEN}\n"), 1),
+        ] {
+            let e = error_for(&text).await;
+            assert!(!e.contains("sa-token"), "{e}");
+            assert!(e.contains(&format!("line {line}, column ")), "{e}");
+        }
     }
 }

@@ -66,9 +66,23 @@ impl Gcr {
             _ => Err(problems),
         }
     }
+}
 
-    /// Flux's checks of the token: Google's validator, then issuer, email and email_verified.
-    async fn authenticate(&self, head: &HeaderMap) -> Result<(), Refusal> {
+#[async_trait]
+impl Verifier for Gcr {
+    /// A request without a bearer token is refused before its body is read.
+    fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal> {
+        bearer(head, false)?;
+        Ok(BodyCheck::Nothing)
+    }
+
+    fn authenticates(&self) -> bool {
+        true
+    }
+
+    /// Flux's checks of the token, before the body is read: Google's validator, then issuer,
+    /// email and email_verified.
+    async fn authenticate(&self, head: &HeaderMap) -> Result<Evidence, Refusal> {
         let token = bearer(head, false)?;
         let expect = Expect {
             issuers: GOOGLE_ISSUERS,
@@ -89,24 +103,14 @@ impl Gcr {
         if claims.get("email_verified") != Some(&Value::Bool(true)) {
             return Err(Refusal::unauthorized("token email is not verified"));
         }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Verifier for Gcr {
-    /// A request without a bearer token is refused before its body is read.
-    fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal> {
-        bearer(head, false)?;
-        Ok(BodyCheck::Nothing)
+        Ok(Evidence::default())
     }
 
     fn completes(&self) -> bool {
         true
     }
 
-    async fn complete(&self, head: &HeaderMap, body: &[u8]) -> Result<Evidence, Refusal> {
-        self.authenticate(head).await?;
+    async fn complete(&self, _head: &HeaderMap, body: &[u8]) -> Result<Evidence, Refusal> {
         let (req, message_id) = unwrap_push(body)?;
         Ok(Evidence {
             req: Some(req),
@@ -325,7 +329,7 @@ mod tests {
             let auth = format!("Bearer {}", k.sign(&c));
             let v = &v;
             async move {
-                v.complete(&head(&[("authorization", &auth)]), &push("{}"))
+                v.authenticate(&head(&[("authorization", &auth)]))
                     .await
                     .map_err(|r| r.reason.to_string())
             }

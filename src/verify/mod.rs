@@ -1,9 +1,11 @@
 //! Verification, one receiver type per file, all behind [`Verifier`].
 //!
-//! Verification is split in two so the body never has to be held in memory: [`Verifier::begin`]
-//! refuses what the request head alone shows is wrong, and returns the [`BodyCheck`] that the
-//! body is streamed through as it arrives. Types that must see the whole body (a JSON shape)
-//! or reach the network (a token issuer's keys) finish in [`Verifier::complete`].
+//! Verification is split so that no body is read, let alone held, before the sender has shown
+//! what the head can show: [`Verifier::begin`] refuses what the request head alone shows is
+//! wrong, [`Verifier::authenticate`] checks a token against its issuer's keys (which may take
+//! the network), both before any body byte is read; then the body streams through the
+//! [`BodyCheck`] as it arrives. Types that must see the whole body (a JSON shape) finish in
+//! [`Verifier::complete`].
 
 mod acr;
 mod bitbucket;
@@ -44,11 +46,34 @@ pub struct Evidence {
     pub delivery_id: Option<String>,
 }
 
+impl Evidence {
+    /// What the head phase learnt, with what the body added on top.
+    pub fn and(self, later: Evidence) -> Evidence {
+        Evidence {
+            req: later.req.or(self.req),
+            claims: later.claims.or(self.claims),
+            delivery_id: later.delivery_id.or(self.delivery_id),
+        }
+    }
+}
+
 /// Checks one kind of delivery, the way Flux's receiver of the same type does.
 #[async_trait]
 pub trait Verifier: Send + Sync + fmt::Debug {
     /// Checks the request head and says what the body still has to prove.
     fn begin(&self, head: &HeaderMap) -> Result<BodyCheck, Refusal>;
+
+    /// Whether [`Verifier::authenticate`] has work to do.
+    fn authenticates(&self) -> bool {
+        false
+    }
+
+    /// The checks of the head that reach the network (a bearer token's signature, expiry,
+    /// issuer, audience and claims), after `begin` and before any body byte is read: a sender
+    /// without a valid credential never gets a body read, let alone held.
+    async fn authenticate(&self, _head: &HeaderMap) -> Result<Evidence, Refusal> {
+        Ok(Evidence::default())
+    }
 
     /// Whether [`Verifier::complete`] has work to do.
     fn completes(&self) -> bool {
@@ -60,7 +85,7 @@ pub trait Verifier: Send + Sync + fmt::Debug {
         self.completes()
     }
 
-    /// The checks that need the whole body, or the network, after `begin` and the HMAC passed.
+    /// The checks that need the whole body, after `authenticate` and the HMAC passed.
     async fn complete(&self, _head: &HeaderMap, _body: &[u8]) -> Result<Evidence, Refusal> {
         Ok(Evidence::default())
     }

@@ -174,7 +174,7 @@ impl Verifier for GenericOidc {
         Ok(BodyCheck::Nothing)
     }
 
-    fn completes(&self) -> bool {
+    fn authenticates(&self) -> bool {
         true
     }
 
@@ -183,7 +183,9 @@ impl Verifier for GenericOidc {
         false
     }
 
-    async fn complete(&self, head: &HeaderMap, _body: &[u8]) -> Result<Evidence, Refusal> {
+    /// Signature, `exp`, `iss`, `aud` and the CEL validations, all from the head: the body is
+    /// not read before they pass.
+    async fn authenticate(&self, head: &HeaderMap) -> Result<Evidence, Refusal> {
         let token = bearer(head, true)?;
         let issuer = unverified_issuer(token)?;
         let p = self
@@ -385,7 +387,7 @@ mod tests {
                            "repository": repo, "ref": r#ref});
             let auth = format!("Bearer {}", k.sign(&c));
             let v = &v;
-            async move { v.complete(&head(&[("authorization", &auth)]), b"").await }
+            async move { v.authenticate(&head(&[("authorization", &auth)])).await }
         };
         let e = run(
             "acme/app",
@@ -417,7 +419,7 @@ mod tests {
         let c = json!({"iss": "https://token.actions.example", "aud": DEFAULT_AUDIENCE, "exp": now() + 300});
         let auth = format!("Bearer {}", k.sign(&c));
         let r = v
-            .complete(&head(&[("authorization", &auth)]), b"")
+            .authenticate(&head(&[("authorization", &auth)]))
             .await
             .unwrap_err();
         assert_eq!(

@@ -1052,3 +1052,23 @@ pub fn signed(secret: &str, body: &[u8], delivery: &str) -> Vec<(&'static str, S
 pub fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     h.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
+
+/// A fresh 40-hex commit id, unique across the test binary's processes.
+pub fn commit() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:08x}{:032x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The GitHub push fixture as another push: a fresh `after` commit. The same signed body twice
+/// within a receiver's `replay_window` is a replay whatever its delivery id, so tests that mean
+/// distinct deliveries send distinct bodies, as distinct pushes are.
+pub fn fresh_push() -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture("github/push.json")).unwrap();
+    v["after"] = commit().into();
+    serde_json::to_vec(&v).unwrap()
+}
