@@ -315,8 +315,9 @@ async fn a_cluster_down_at_delivery_is_patched_when_it_returns_even_after_sigkil
         Some(1.0)
     );
     assert!(m.value("fluxgate_relay_queue_depth", &[("cluster", "prod-us")]) >= 1.0);
-    // With every cluster of the receiver down, not ready.
+    // With every cluster of the receiver down, not ready (once /readyz's 1 s cache is past).
     eu.set_down(true);
+    std::thread::sleep(Duration::from_millis(1100));
     let (status, body) = http_get(gw.admin, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(

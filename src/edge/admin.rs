@@ -17,6 +17,9 @@ use tokio::sync::Mutex;
 /// load balancers, each every few seconds; without this each costs the API server a request.
 const API_HEALTH_TTL: Duration = Duration::from_secs(1);
 
+/// Each cluster's API check, in fleet order.
+type Checks = Vec<Result<(), String>>;
+
 pub struct AdminApp {
     relay: Arc<Relay>,
     /// The receivers in use, for which clusters each needs.
@@ -25,7 +28,7 @@ pub struct AdminApp {
     cluster: Option<Arc<WatchStatus>>,
     /// The last API check and when it ended. Locked across the check, so concurrent probes
     /// wait for the one in flight instead of each making their own.
-    api_health: Mutex<Option<(Instant, Vec<Result<(), String>>)>>,
+    api_health: Mutex<Option<(Instant, Checks)>>,
 }
 
 impl AdminApp {
@@ -39,7 +42,7 @@ impl AdminApp {
     }
 
     /// Each cluster's API health, in fleet order, checked at most once per `API_HEALTH_TTL`.
-    async fn api_health(&self) -> Vec<Result<(), String>> {
+    async fn api_health(&self) -> Checks {
         let mut last = self.api_health.lock().await;
         if let Some((at, r)) = last.as_ref() {
             if at.elapsed() < API_HEALTH_TTL {
