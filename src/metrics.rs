@@ -208,6 +208,7 @@ pub fn init_series(receivers: &[ReceiverSeries<'_>], range_sets: &[&str]) {
             "bad_signature",
             "not_allowed",
             "rate_limited",
+            "body_memory_full",
         ] {
             m.deliveries.with_label_values(&[r.label, r.kind, outcome]);
         }
