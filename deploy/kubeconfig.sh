@@ -12,8 +12,8 @@
 #   deploy/kubeconfig.sh --output-dir DIR --context A --context B ...   # DIR/A.kubeconfig, ...
 #   deploy/kubeconfig.sh --output-dir DIR --all-contexts                # every admin context
 #
-# Uses only kubectl (the one in $KUBECTL if set), base64, sed, tr, cut and mktemp. The token is
-# never printed; each file is written with mode 600, atomically.
+# Uses only kubectl (the one in $KUBECTL if set), base64, sed, tr, cut, grep and mktemp. The
+# token is never printed; each file is written with mode 600, atomically.
 
 set -eu
 
