@@ -420,37 +420,15 @@ impl HookApp {
         if !body_done && declared_length(&s).is_none_or(|n| n > DRAIN_LIMIT) {
             s.set_keepalive(None);
         }
+        // Counted and logged before the answer goes out: whoever reads the answer (a provider,
+        // a test, a monitoring probe) then finds the metrics and the log line already there.
+        record(&log, &answer, started);
         let written = answer.write(&mut s).await;
         if !body_done && written.is_ok() {
             // Read (and drop) what the client is still sending for a moment, so that closing
             // does not reset the connection before the client has read the answer.
             let _ = timeout(Duration::from_secs(1), s.drain_request_body()).await;
         }
-        let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
-        let m = metrics::get();
-        m.deliveries
-            .with_label_values(&[
-                receiver,
-                log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
-                answer.outcome,
-            ])
-            .inc();
-        m.request_seconds
-            .with_label_values(&[receiver])
-            .observe(started.elapsed().as_secs_f64());
-        tracing::info!(
-            target: "fluxgate::delivery",
-            receiver,
-            client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
-            delivery = log.delivery_id.as_deref().unwrap_or("-"),
-            event = log.event.as_deref().unwrap_or("-"),
-            outcome = answer.outcome,
-            status = answer.status,
-            reason = answer.reason().unwrap_or(""),
-            patched = log.patched,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "delivery"
-        );
         written.ok()?;
         if !head_read {
             return None;
@@ -461,6 +439,36 @@ impl HookApp {
             Err(_) => None,
         }
     }
+}
+
+/// Counts the request and writes its log line: what every request leaves, whatever its phase
+/// ended it.
+fn record(log: &Delivery, answer: &Answer, started: Instant) {
+    let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
+    let m = metrics::get();
+    m.deliveries
+        .with_label_values(&[
+            receiver,
+            log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
+            answer.outcome,
+        ])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[receiver])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "fluxgate::delivery",
+        receiver,
+        client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        delivery = log.delivery_id.as_deref().unwrap_or("-"),
+        event = log.event.as_deref().unwrap_or("-"),
+        outcome = answer.outcome,
+        status = answer.status,
+        reason = answer.reason().unwrap_or(""),
+        patched = log.patched,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "delivery"
+    );
 }
 
 /// What one phase of a request gives the next, or the answer that ends the request.
