@@ -46,6 +46,8 @@ pub struct Metrics {
     pub cluster_receivers: IntGaugeVec,
     /// Cluster mode: GETs of the Secrets Receivers name, by result.
     pub cluster_secret_reads: IntCounterVec,
+    /// `relay.events`: Kubernetes Events written beside patches, by result (written, failed).
+    pub kubernetes_events: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -131,6 +133,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "fluxgate_relay_queue_oldest_job_age_seconds",
             "Age of the oldest delivery still waiting in the relay queue."
         )?,
+        kubernetes_events: register_int_counter_vec!(
+            "fluxgate_kubernetes_events_total",
+            "relay.events: Events written on patched objects, by result (written, failed).",
+            &["result"]
+        )?,
         kubernetes_api_up: register_int_gauge!(
             "fluxgate_kubernetes_api_up",
             "1 when the last check of the Kubernetes API with the configured credentials succeeded."
@@ -204,6 +211,9 @@ pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_
                 m.relay_jobs.with_label_values(&[t.kind.as_str(), result]);
             }
         }
+    }
+    for result in ["written", "failed"] {
+        m.kubernetes_events.with_label_values(&[result]);
     }
     for result in ["ok", "failed"] {
         m.config_reloads.with_label_values(&[result]);

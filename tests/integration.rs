@@ -15,6 +15,7 @@ mod config_examples;
 mod connection_cap;
 mod defences;
 mod deploy;
+mod events;
 mod filters;
 mod forward;
 mod gateway;

@@ -109,6 +109,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         settings.receivers.len()
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
+    let relay_events = settings.relay.events;
 
     let cluster = settings.cluster.watch_receivers.then(|| {
         (
@@ -116,7 +117,11 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
             Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
         )
     });
-    let api = Arc::new(KubeApi::new(kube));
+    let api = KubeApi::new(kube);
+    let api = Arc::new(match relay_events {
+        true => api.with_events(Arc::new(crate::relay::events::Recorder::new())),
+        false => api,
+    });
     let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
     let durable = queue.is_durable();
     let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));

@@ -1,5 +1,6 @@
 //! The Kubernetes API, through kube-rs, with the service account's kubeconfig.
 
+use super::events::Recorder;
 use super::target::Target;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -8,6 +9,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -190,6 +192,8 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 pub struct KubeApi {
     config: kube::Config,
     client: OnceCell<Client>,
+    /// `relay.events`: writes an Event beside each successful patch.
+    events: Option<Arc<Recorder>>,
 }
 
 impl KubeApi {
@@ -197,7 +201,18 @@ impl KubeApi {
         KubeApi {
             config,
             client: OnceCell::new(),
+            events: None,
         }
+    }
+
+    /// With `relay.events` on.
+    pub fn with_events(mut self, recorder: Arc<Recorder>) -> Self {
+        self.events = Some(recorder);
+        self
+    }
+
+    pub fn events(&self) -> Option<&Arc<Recorder>> {
+        self.events.as_ref()
     }
 
     async fn client(&self) -> Result<Client, ApiError> {
@@ -262,9 +277,13 @@ impl KubeApi {
         requested_at: &str,
     ) -> Result<(), ApiError> {
         let patch = json!({"metadata": {"annotations": {REQUESTED_AT: requested_at}}});
-        Self::api(self.client().await?, target)
+        let client = self.client().await?;
+        let object = Self::api(client.clone(), target)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        if let Some(events) = &self.events {
+            events.patched(client, target, &object, requested_at);
+        }
         Ok(())
     }
 

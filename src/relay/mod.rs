@@ -1,6 +1,7 @@
 //! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
 //! durable queue until the Kubernetes API has accepted them.
 
+pub mod events;
 pub mod filter;
 pub mod forward;
 pub mod job;
@@ -50,15 +51,25 @@ impl Relay {
         &self.api
     }
 
+    /// Whether deliveries should say what the Events will name (`relay.events`).
+    pub fn writes_events(&self) -> bool {
+        self.api.events().is_some()
+    }
+
     /// Queues the delivery (durably, when the queue is) and waits up to `relay.wait` for its
     /// jobs. `filters` is empty when no target has any, or holds each target's filter in
-    /// order. An error means it could not be queued at all.
+    /// order. `note` is what the targets' Events say, with `relay.events` on. An error means
+    /// it could not be queued at all.
     pub async fn deliver(
         &self,
         targets: &[Arc<Target>],
         filters: &[Option<Arc<Filter>>],
+        note: Option<events::Note>,
     ) -> Result<Delivered, String> {
         let generation = job::next_generation();
+        if let (Some(recorder), Some(note)) = (self.api.events(), note) {
+            recorder.note(targets, &job::requested_at(generation), note);
+        }
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.
         let wait = !self.wait.is_zero();
