@@ -17,6 +17,7 @@ pub mod expr;
 pub mod fetch;
 pub mod guard;
 pub mod hook_path;
+pub mod import;
 pub mod metrics;
 pub mod refusal;
 pub mod relay;

@@ -19,6 +19,7 @@ mod events;
 mod filters;
 mod forward;
 mod gateway;
+mod import;
 mod loadtest;
 mod malformed;
 mod monitoring;
