@@ -222,3 +222,30 @@ async fn no_event_for_objects_a_filter_turned_down() {
         .collect();
     assert_eq!(names, ["other"], "{}", gw.logs());
 }
+
+/// `fluxgate check` asks whether the account may create events where the targets are: ok with
+/// deploy/events' Role, a warning (not a problem: patches still work) without it.
+#[test]
+fn check_reviews_the_right_to_create_events() {
+    for with_role in [true, false] {
+        let api = cluster(with_role);
+        let s = Setup::new();
+        let secret = s.secret("github", SECRET);
+        let s = s.section("[relay]\nevents = true").receiver(&format!(
+            "name = \"github\"\nnamespace = \"{NS}\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+            secret.display()
+        ));
+        api.write_kubeconfig(&s.path("kubeconfig"), SA_TOKEN)
+            .unwrap();
+        let run = run_check(&s.write_config(free_port(), free_port()), &[], &[]);
+        let ok = run.lines_starting("ok: relay.events: may create events in flux-system");
+        let warned = run.lines_starting(
+            "warning: relay.events: the service account may not create events in flux-system",
+        );
+        if with_role {
+            assert_eq!((ok.len(), warned.len()), (1, 0), "{}", run.output());
+        } else {
+            assert_eq!((ok.len(), warned.len()), (0, 1), "{}", run.output());
+        }
+    }
+}

@@ -209,7 +209,10 @@ impl Settings {
         {
             d.push("kubernetes");
         }
-        if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
+        if self.relay.queue_dir != new.relay.queue_dir
+            || self.relay.wait != new.relay.wait
+            || self.relay.events != new.relay.events
+        {
             d.push("relay");
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers
