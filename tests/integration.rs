@@ -17,6 +17,7 @@ mod defences;
 mod deploy;
 mod events;
 mod filters;
+mod fleet;
 mod forward;
 mod gateway;
 mod import;

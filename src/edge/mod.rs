@@ -19,9 +19,8 @@ pub mod upgrade;
 use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
 use crate::config::Settings;
+use crate::fleet::Fleet;
 use crate::relay::job::Job;
-use crate::relay::kube::KubeApi;
-use crate::relay::queue::Queue;
 use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -66,8 +65,14 @@ pub fn open_queue(settings: &Settings) -> Result<(Store, Vec<Job>), String> {
     }
 }
 
-/// Runs the gateway until a signal stops it. Never returns.
-pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+/// Runs the gateway until a signal stops it. Never returns. `kubes` are the kubeconfigs of
+/// the fleet's clusters, in order; the first is the home cluster cluster mode watches.
+pub fn run(
+    config_path: &Path,
+    settings: Settings,
+    kubes: Vec<kube::Config>,
+    opts: RunOptions,
+) -> ! {
     let (store, resumed) = match open_queue(&settings) {
         Ok(q) => q,
         Err(e) => {
@@ -111,20 +116,37 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
     let relay_events = settings.relay.events;
 
-    let cluster = settings.cluster.watch_receivers.then(|| {
-        (
-            kube.clone(),
-            Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
-        )
-    });
-    let api = KubeApi::new(kube);
-    let api = Arc::new(match relay_events {
-        true => api.with_events(Arc::new(crate::relay::events::Recorder::new())),
-        false => api,
-    });
-    let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
-    let durable = queue.is_durable();
-    let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
+    let cluster = settings
+        .cluster
+        .watch_receivers
+        .then(|| kubes.first().cloned())
+        .flatten()
+        .map(|kube| {
+            (
+                kube,
+                Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
+            )
+        });
+    for c in &settings.clusters {
+        tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
+    }
+    let fleet = Arc::new(Fleet::new(
+        &settings.clusters,
+        kubes,
+        store,
+        &relay_queue,
+        resumed,
+    ));
+    if relay_events {
+        // One recorder for every cluster: it knows the deliveries, each cluster's API writes
+        // the Events on its own objects.
+        let recorder = Arc::new(crate::relay::events::Recorder::new());
+        for c in fleet.clusters() {
+            c.api.set_events(recorder.clone());
+        }
+    }
+    let durable = fleet.is_durable();
+    let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
@@ -163,6 +185,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         "fluxgate admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(
             relay,
+            live.clone(),
             cluster.as_ref().map(|c| c.1.clone()),
         )),
     );
@@ -183,11 +206,11 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         "fluxgate maintenance",
         maintenance::Maintenance {
             live,
-            api,
+            fleet: fleet.clone(),
             watch_interval,
         },
     );
-    let worker = background_service("fluxgate relay", maintenance::RelayWorker { queue });
+    let worker = background_service("fluxgate relay", maintenance::RelayWorker { fleet });
     server.add_service(hooks);
     server.add_service(admin);
     server.add_service(maintenance);

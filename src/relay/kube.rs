@@ -9,7 +9,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -192,8 +192,9 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 pub struct KubeApi {
     config: kube::Config,
     client: OnceCell<Client>,
-    /// `relay.events`: writes an Event beside each successful patch.
-    events: Option<Arc<Recorder>>,
+    /// `relay.events`: writes an Event beside each successful patch. Set once, after the
+    /// fleet's clusters are built.
+    events: OnceLock<Arc<Recorder>>,
 }
 
 impl KubeApi {
@@ -201,18 +202,17 @@ impl KubeApi {
         KubeApi {
             config,
             client: OnceCell::new(),
-            events: None,
+            events: OnceLock::new(),
         }
     }
 
-    /// With `relay.events` on.
-    pub fn with_events(mut self, recorder: Arc<Recorder>) -> Self {
-        self.events = Some(recorder);
-        self
+    /// Turns `relay.events` on for this cluster (a second call changes nothing).
+    pub fn set_events(&self, recorder: Arc<Recorder>) {
+        let _ = self.events.set(recorder);
     }
 
     pub fn events(&self) -> Option<&Arc<Recorder>> {
-        self.events.as_ref()
+        self.events.get()
     }
 
     async fn client(&self) -> Result<Client, ApiError> {
@@ -281,7 +281,7 @@ impl KubeApi {
         let object = Self::api(client.clone(), target)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        if let Some(events) = &self.events {
+        if let Some(events) = self.events.get() {
             events.patched(client, target, &object, requested_at);
         }
         Ok(())
