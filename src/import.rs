@@ -6,9 +6,9 @@
 use crate::cluster::object::{self, ReceiverObject, SecretData};
 use crate::config::ReceiverDefaults;
 use crate::guard::ranges::RangeSets;
+use crate::hook_path::elide;
 use crate::relay::kube::{load_config, ApiError};
 use crate::secret::Secret;
-use crate::verify::ReceiverType;
 use clap::Args;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -166,22 +166,6 @@ fn refused(what: &str, e: ApiError) -> String {
     }
 }
 
-/// Types whose path is their only credential: their path is never printed whole.
-fn path_is_credential(kind: ReceiverType) -> bool {
-    matches!(
-        kind,
-        ReceiverType::Generic
-            | ReceiverType::Dockerhub
-            | ReceiverType::Quay
-            | ReceiverType::Acr
-            | ReceiverType::Cdevents
-    )
-}
-
-fn elided(path: &str) -> String {
-    format!("{}…", &path[..path.len().min("/hook/".len() + 12)])
-}
-
 /// Converts, checks the path against the Receiver's status, and words the table. Nothing is
 /// written when this fails.
 pub fn plan(found: &Found, secret_file: Option<&Path>) -> Result<Plan, String> {
@@ -202,8 +186,8 @@ pub fn plan(found: &Found, secret_file: Option<&Path>) -> Result<Plan, String> {
     let fields = object::receiver_fields(obj, found.secret.as_ref()).map_err(problems)?;
     let token = found.secret.as_ref().and_then(|s| s.token.clone());
     let token = token.filter(|_| receiver.kind.uses_secret());
-    let shown = if path_is_credential(receiver.kind) {
-        elided(&receiver.path)
+    let shown = if receiver.kind.path_is_credential() {
+        elide(&receiver.path)
     } else {
         receiver.path.clone()
     };
@@ -214,8 +198,8 @@ pub fn plan(found: &Found, secret_file: Option<&Path>) -> Result<Plan, String> {
             receiver.kind
         )),
         Some(p) => {
-            let theirs = if path_is_credential(receiver.kind) {
-                elided(p)
+            let theirs = if receiver.kind.path_is_credential() {
+                elide(p)
             } else {
                 p.clone()
             };
@@ -454,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn a_path_only_receiver_path_is_shown_elided() {
+    fn a_path_only_receiver_path_is_shown_elide() {
         let token = b"generic-token";
         let flux = flux_hook_path(token, "hooks", "flux-system");
         let f = found("generic", token, Some(&flux), json!({"suspend": true}));
