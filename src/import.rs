@@ -467,6 +467,37 @@ mod tests {
     }
 
     #[test]
+    fn generic_oidc_needs_no_token_and_keeps_its_providers() {
+        let o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "notification.toolkit.fluxcd.io/v1", "kind": "Receiver",
+            "metadata": {"name": "actions", "namespace": "flux-system", "generation": 1},
+            "spec": {"type": "generic-oidc",
+                     "resources": [{"kind": "GitRepository", "name": "app"}],
+                     "oidcProviders": [{
+                         "issuerURL": "https://token.actions.githubusercontent.com",
+                         "audience": "flux",
+                         "validations": [{"expression": "claims.repository == 'org/app'",
+                                          "message": "wrong repository"}]}]},
+        }))
+        .unwrap();
+        let f = Found {
+            receiver: ReceiverObject::from_dynamic(o).unwrap(),
+            webhook_path: None,
+            secret: None,
+        };
+        let p = plan(&f, None).unwrap();
+        assert!(p.token.is_none());
+        assert!(!p.table.contains("secret_file"), "{}", p.table);
+        let t: toml::Table = p.table.parse().unwrap();
+        let provider = &t["receivers"][0]["oidc_providers"][0];
+        assert_eq!(
+            provider["issuerURL"].as_str(),
+            Some("https://token.actions.githubusercontent.com")
+        );
+        assert_eq!(provider["audience"].as_str(), Some("flux"));
+    }
+
+    #[test]
     fn the_token_file_is_private_and_replaced_whole() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
