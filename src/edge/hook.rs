@@ -13,11 +13,12 @@ use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::{self, Claim, Mark};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::events;
 use crate::relay::filter;
 use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
-use crate::verify::{BodyCheck, Evidence};
+use crate::verify::{BodyCheck, Evidence, ReceiverType};
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
@@ -99,6 +100,15 @@ struct Verified<'a> {
     /// Present when the receiver keeps bodies (`Receiver::keep_body`).
     body: Option<Vec<u8>>,
     evidence: Evidence,
+    /// GitHub's pushed commit and ref, read with `relay.events` on.
+    push: events::Push,
+}
+
+/// Where the streamed body goes besides the signature check.
+struct Sinks<'a> {
+    digest: &'a mut replay::BodyDigest,
+    kept: Option<&'a mut KeptBody>,
+    push_head: Option<&'a mut events::BodyHead>,
 }
 
 /// What the log line of one request says.
@@ -190,8 +200,16 @@ impl HookApp {
         // What identifies a signed body for the replay check, computed as it streams.
         let mut digest =
             replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
-        read_body(rt, s, cap, &mut check, &mut digest, kept.as_mut()).await?;
+        let mut push_head = self.push_head(&receiver);
+        let sinks = Sinks {
+            digest: &mut digest,
+            kept: kept.as_mut(),
+            push_head: push_head.as_mut(),
+        };
+        read_body(rt, s, cap, &mut check, sinks).await?;
         verify_body(rt, check, who, &receiver)?;
+        // Read only now that the body is verified.
+        let push = push_head.map(|h| h.push()).unwrap_or_default();
         // Its share of the budget is held as long as the body: until the relay is done.
         let (body, _held) = kept.map(KeptBody::into_parts).unzip();
         let evidence = verify_complete(rt, &receiver, s, body.as_deref(), who, credential).await?;
@@ -206,6 +224,7 @@ impl HookApp {
             head: s.req_header(),
             body,
             evidence,
+            push,
         };
         let answer = self
             .relay_or_forward(&receiver, verified, client, log)
@@ -215,6 +234,12 @@ impl HookApp {
             rt.guard.replays.release(receiver.id, &marks);
         }
         Ok(answer)
+    }
+
+    /// With `relay.events`, a GitHub body's first bytes are kept to name the pushed commit.
+    fn push_head(&self, receiver: &Receiver) -> Option<events::BodyHead> {
+        (self.relay.writes_events() && receiver.kind == ReceiverType::Github)
+            .then(events::BodyHead::new)
     }
 
     async fn relay_or_forward(
@@ -253,9 +278,15 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::MalformedRequest, why))
             }
         };
+        let note = self.relay.writes_events().then(|| events::Note {
+            receiver: receiver.label.clone(),
+            event: log.event.clone(),
+            delivery: log.delivery_id.clone(),
+            push: verified.push.clone(),
+        });
         let delivered = match self
             .relay
-            .deliver(&receiver.targets, &filters, &receiver.reach)
+            .deliver(&receiver.targets, &filters, &receiver.reach, note)
             .await
         {
             Ok(d) => d,
@@ -645,8 +676,7 @@ async fn read_body(
     s: &mut ServerSession,
     cap: BodyCap,
     check: &mut BodyCheck,
-    digest: &mut replay::BodyDigest,
-    mut kept: Option<&mut KeptBody>,
+    mut sinks: Sinks<'_>,
 ) -> Phase<()> {
     let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
     let mut total: u64 = 0;
@@ -678,9 +708,12 @@ async fn read_body(
                     return Err(cap.too_large());
                 }
                 check.update(&chunk);
-                digest.update(&chunk);
-                if let Some(b) = kept.as_deref_mut() {
+                sinks.digest.update(&chunk);
+                if let Some(b) = sinks.kept.as_deref_mut() {
                     b.push(&chunk, cap, &rt.guard.bodies)?;
+                }
+                if let Some(h) = sinks.push_head.as_deref_mut() {
+                    h.update(&chunk);
                 }
             }
         }
