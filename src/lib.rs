@@ -16,6 +16,7 @@ pub mod edge;
 pub mod expr;
 pub mod fetch;
 pub mod guard;
+pub mod history;
 pub mod hook_path;
 pub mod metrics;
 pub mod refusal;

@@ -16,6 +16,7 @@ use self::target::Target;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// One object that was asked to reconcile (or that a filter left alone).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct Delivered {
     pub requested_at: String,
     /// In the order of the targets given to `deliver`.
     pub results: Vec<Option<Outcome>>,
+    /// Where a result is `None`: its index and where its outcome will come, for the delivery
+    /// history to follow the job after the answer.
+    pub pending: Vec<(usize, oneshot::Receiver<Outcome>)>,
 }
 
 pub struct Relay {
@@ -64,23 +68,29 @@ impl Relay {
         let wait = !self.wait.is_zero();
         let waiting = self
             .queue
-            .submit(targets, filters, generation, wait)
+            .submit(targets, filters, generation, true)
             .await?;
         let mut results = Vec::with_capacity(targets.len());
-        if !wait {
-            results.resize_with(targets.len(), || None);
-        }
+        let mut pending = Vec::new();
         let deadline = tokio::time::Instant::now() + self.wait;
-        for rx in waiting {
-            let outcome = tokio::time::timeout_at(deadline, rx)
-                .await
-                .ok()
-                .and_then(Result::ok);
+        for (i, mut rx) in waiting.into_iter().enumerate() {
+            let outcome = if wait {
+                tokio::time::timeout_at(deadline, &mut rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            } else {
+                None
+            };
+            if outcome.is_none() {
+                pending.push((i, rx));
+            }
             results.push(outcome);
         }
         Ok(Delivered {
             requested_at: job::requested_at(generation),
             results,
+            pending,
         })
     }
 }
