@@ -52,10 +52,15 @@ async fn record(g: &Gateway, delivery: &str, ready: impl Fn(&Value) -> bool) -> 
 }
 
 fn cli(g: &Gateway, args: &[&str]) -> (bool, String) {
+    cli_with(g, args, &[])
+}
+
+fn cli_with(g: &Gateway, args: &[&str], extra: &[&str]) -> (bool, String) {
     let admin = admin_url(g, "");
     let out = std::process::Command::new(BIN)
         .args(args)
         .args(["--admin", &admin])
+        .args(extra)
         .output()
         .unwrap();
     let text = format!(
@@ -175,7 +180,7 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
 
     let r = record(&g, &ok, |v| v["outcome"] == "duplicate").await;
     assert_eq!(r["status"], 200);
-    let all = admin_json(&g, &format!("/deliveries?receiver=flux-system/gh")).await;
+    let all = admin_json(&g, "/deliveries?receiver=flux-system/gh").await;
     let first = all
         .as_array()
         .unwrap()
@@ -445,4 +450,55 @@ async fn no_secret_in_the_page_api_cli_or_files() {
     ] {
         assert!(!seen.contains(secret), "{secret} shown");
     }
+}
+
+/// With `admin.token_file`, the page and the API want the bearer token (compared in constant
+/// time); the probes and the metrics do not. The CLI sends it from `--token-file`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_token_guards_the_page_and_the_api() {
+    let s = Setup::new();
+    let token = s.secret("admin", "admin-token-value\n");
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section(&format!("[admin]\ntoken_file = \"{}\"", token.display()))
+        .receiver(&gh)
+        .start();
+    let http = reqwest::Client::new();
+    for path in ["/", "/deliveries", "/deliveries/x"] {
+        let r = http.get(admin_url(&g, path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let r = http
+            .get(admin_url(&g, path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let r = http
+        .get(admin_url(&g, "/deliveries"))
+        .bearer_auth("admin-token-value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/healthz", "/metrics"] {
+        let r = http.get(admin_url(&g, path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let (okay, out) = cli(&g, &["deliveries"]);
+    assert!(!okay && out.contains("401"), "{out}");
+    let (okay, out) = cli_with(
+        &g,
+        &["deliveries"],
+        &["--token-file", token.to_str().unwrap()],
+    );
+    assert!(okay, "{out}");
+    assert!(!out.contains("admin-token-value"), "{out}");
 }

@@ -78,3 +78,35 @@ pub(super) fn history(raw: RawHistory, p: &mut Problems) -> HistorySettings {
         size: size.clamp(1, 1_000_000),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_admin_listener_is_warned_about() {
+        let mut p = Problems::default();
+        let mut w = Vec::new();
+        admin(
+            RawAdmin::default(),
+            "127.0.0.1:9102".parse().ok(),
+            &mut p,
+            &mut w,
+        );
+        assert!(w.is_empty(), "{w:?}");
+        admin(
+            RawAdmin::default(),
+            "0.0.0.0:9102".parse().ok(),
+            &mut p,
+            &mut w,
+        );
+        assert!(
+            w[0].starts_with("server.admin_listen: 0.0.0.0:9102 is not a loopback address"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("set admin.token_file"), "{w:?}");
+        let h = history(RawHistory { size: Some(0) }, &mut p);
+        assert_eq!(h.size, 1);
+        assert_eq!(p.0[0].key, "history.size");
+    }
+}

@@ -120,9 +120,15 @@ impl HttpServerApp for AdminApp {
         } else {
             s.set_keepalive(Some(60));
         }
-        let reply = match self.authorized(&s) {
-            Err(r) => Reply::Full(r),
-            Ok(()) => self.route(&mut s).await,
+        let reply = if self.authorized(&s) {
+            self.route(&mut s).await
+        } else {
+            let mut r = text(401, "a bearer token is required (admin.token_file)".into());
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Reply::Full(r)
         };
         match reply {
             Reply::Full(r) => {
@@ -149,13 +155,13 @@ impl HttpServerApp for AdminApp {
 impl AdminApp {
     /// The bearer token of `admin.token_file`, compared in constant time, for everything
     /// but the probes and the metrics.
-    fn authorized(&self, s: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+    fn authorized(&self, s: &ServerSession) -> bool {
         let path = s.req_header().uri.path();
         let Some(token) = &self.token else {
-            return Ok(());
+            return true;
         };
         if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-            return Ok(());
+            return true;
         }
         let given = s
             .req_header()
@@ -164,15 +170,7 @@ impl AdminApp {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         let digest = |b: &[u8]| sha2::Sha256::digest(b);
-        if bool::from(digest(given).ct_eq(&digest(token.expose()))) {
-            return Ok(());
-        }
-        let mut r = text(401, "a bearer token is required (admin.token_file)".into());
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer"),
-        );
-        Err(r)
+        bool::from(digest(given).ct_eq(&digest(token.expose())))
     }
 
     async fn route(&self, s: &mut ServerSession) -> Reply {

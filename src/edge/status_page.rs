@@ -110,9 +110,9 @@ pub fn render(v: &View) -> (String, String) {
     for d in v.records {
         row(&mut h, d);
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "</tbody></table></div></section></main><script nonce=\"{nonce}\">{SCRIPT}</script></body></html>\n"
+        "</tbody></table></div></section></main><script nonce=\"{nonce}\">{SCRIPT}</script></body></html>"
     );
     (h, nonce)
 }
