@@ -271,7 +271,7 @@ impl AdminApp {
             redelivery_of: Some(old.id.clone()),
             ..Record::default()
         };
-        record.settle_now();
+        record.settle();
         record.status = match record.outcome.as_str() {
             "relayed" => 200,
             "queued" => 202,

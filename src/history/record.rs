@@ -130,11 +130,7 @@ impl Record {
     /// The outcome once every target is settled: relayed when all were patched (or coalesced,
     /// filtered, unmatched), relay_refused when one was refused for good, queued while one
     /// waits. Answers that were not about the relay keep their outcome.
-    pub fn settle_now(&mut self) {
-        self.settle();
-    }
-
-    pub(super) fn settle(&mut self) {
+    pub fn settle(&mut self) {
         if !matches!(
             self.outcome.as_str(),
             "queued" | "relayed" | "relay_refused"
