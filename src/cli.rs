@@ -59,6 +59,8 @@ enum Command {
     HookPath {
         #[command(flatten)]
         token: SecretArgs,
+        #[command(flatten)]
+        trim: TrimArg,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -70,6 +72,8 @@ enum Command {
         kind: String,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        trim: TrimArg,
         /// sha1, sha256 or sha512 (HMAC types only).
         #[arg(long, default_value = "sha256")]
         algorithm: String,
@@ -98,7 +102,7 @@ enum Command {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 struct SecretArgs {
-    /// File holding the token (trailing line breaks are ignored).
+    /// File holding the token (trailing line breaks are ignored unless --trim-secret false).
     #[arg(long, alias = "secret-file")]
     token_file: Option<PathBuf>,
     /// Environment variable holding the token.
@@ -106,13 +110,24 @@ struct SecretArgs {
     token_env: Option<String>,
 }
 
+/// Beside the token's source, not one of them (so not in their group).
+#[derive(Args, Debug)]
+struct TrimArg {
+    /// As the receiver key `trim_secret`: `false` keeps the token's bytes exactly, as Flux uses
+    /// a Secret's, so a token copied out of a Secret with its line break gives Flux's path.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    trim_secret: bool,
+}
+
 impl SecretArgs {
-    fn load(&self) -> Result<Secret, String> {
+    fn load(&self, trim: &TrimArg) -> Result<Secret, String> {
+        let trim = trim.trim_secret;
         match (&self.token_file, &self.token_env) {
-            (Some(f), _) => Secret::from_file(f).map_err(|e| format!("--token-file: {e}")),
-            (None, Some(v)) => Secret::from_env(v).map_err(|e| format!("--token-env: {e}")),
+            (Some(f), _) => Secret::read_file(f, trim).map_err(|e| format!("--token-file: {e}")),
+            (None, Some(v)) => Secret::read_env(v, trim).map_err(|e| format!("--token-env: {e}")),
             (None, None) => Err("give --token-file or --token-env".into()),
         }
+        .map(|r| r.secret)
     }
 }
 
@@ -129,16 +144,18 @@ pub fn main() -> i32 {
         Command::Check { config, offline } => crate::check::run(&config, offline),
         Command::HookPath {
             token,
+            trim,
             name,
             namespace,
         } => token
-            .load()
+            .load(&trim)
             .map(|t| println!("{}", flux_hook_path(t.expose(), &name, &namespace))),
         Command::Sign {
             kind,
             secret,
+            trim,
             algorithm,
-        } => sign(&kind, &secret, &algorithm),
+        } => sign(&kind, &secret, &trim, &algorithm),
         Command::Probe { url } => probe(&url),
         Command::Dev(opts) => crate::dev::run(opts),
         Command::Deliveries(args) => deliveries(&args),
@@ -180,18 +197,36 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Loads everything `serve` needs, so `serve`, `check` and `dev` fail the same way.
-pub fn prepare(config: &Path) -> Result<(Settings, kube::Config), String> {
+/// The kubeconfigs are those of every cluster, in the fleet's order.
+pub fn prepare(config: &Path) -> Result<(Settings, Vec<kube::Config>), String> {
     // Bounded like a reload's read: a secret on a FIFO or a hung mount stops start-up with an
     // error instead of hanging it.
     let settings = edge::live::read_settings(config, &Default::default())?;
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
-    let k = &settings.kubernetes;
-    let kube = one_shot_runtime()?
-        .block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout))
-        .map_err(|e| format!("kubernetes.kubeconfig: {}: {e}", k.kubeconfig.display()))?;
-    Ok((settings, kube))
+    let rt = one_shot_runtime()?;
+    let mut kubes = Vec::with_capacity(settings.clusters.len());
+    for (i, c) in settings.clusters.iter().enumerate() {
+        let key = match (i, c.name.as_str()) {
+            (0, crate::fleet::DEFAULT) => "kubernetes.kubeconfig".to_string(),
+            _ => format!("clusters[{}].kubeconfig", cluster_index(&settings, i)),
+        };
+        kubes.push(
+            rt.block_on(load_config(&c.kubeconfig, c.context.as_deref(), c.timeout))
+                .map_err(|e| format!("{key}: {}: {e}", c.kubeconfig.display()))?,
+        );
+    }
+    Ok((settings, kubes))
+}
+
+/// The position under `[[clusters]]` of the fleet's cluster `i`.
+pub fn cluster_index(settings: &Settings, i: usize) -> usize {
+    let has_default = settings
+        .clusters
+        .first()
+        .is_some_and(|c| c.name == crate::fleet::DEFAULT);
+    i - usize::from(has_default)
 }
 
 pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
@@ -204,10 +239,10 @@ pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
     edge::run(config, settings, kube, opts)
 }
 
-fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> {
+fn sign(kind: &str, secret: &SecretArgs, trim: &TrimArg, algorithm: &str) -> Result<(), String> {
     let kind: ReceiverType = kind.parse().map_err(|e| format!("--type: {e}"))?;
     let algorithm: Algorithm = algorithm.parse().map_err(|e| format!("--algorithm: {e}"))?;
-    let secret = secret.load()?;
+    let secret = secret.load(trim)?;
     let mut body = Vec::new();
     std::io::stdin()
         .read_to_end(&mut body)

@@ -5,6 +5,7 @@
 mod admin;
 mod cluster;
 mod defences;
+mod fleet;
 mod receivers;
 mod relay;
 
@@ -15,6 +16,7 @@ pub use receivers::{from_token, RawReceiver, Receiver, Rules};
 pub use relay::RelaySettings;
 
 use crate::edge::tls::CertifiedKey;
+use crate::fleet::ClusterSpec;
 use crate::guard::cidr::IpSet;
 use crate::guard::ranges::RangeSets;
 use serde::Deserialize;
@@ -43,6 +45,8 @@ struct RawConfig {
     ranges: HashMap<String, defences::RawRange>,
     #[serde(default)]
     cluster: cluster::RawCluster,
+    #[serde(default)]
+    clusters: Vec<fleet::RawCluster>,
     #[serde(default)]
     receivers: Vec<receivers::RawReceiver>,
     #[serde(default)]
@@ -92,6 +96,9 @@ pub struct Settings {
     /// Named range sets in use, refreshed in the background when they have a source.
     pub ranges: RangeSets,
     pub receivers: Vec<Arc<Receiver>>,
+    /// The fleet: `default` (`[kubernetes]`) first when configured, then `[[clusters]]`.
+    /// Receivers' targets reach clusters by their position here.
+    pub clusters: Vec<ClusterSpec>,
     pub cluster: ClusterSettings,
     pub admin: AdminSettings,
     pub history: HistorySettings,
@@ -127,6 +134,8 @@ pub struct ServerSettings {
     pub watch_interval: Duration,
 }
 
+/// The home cluster, which cluster mode and forward mode use: `[kubernetes]`, or without it
+/// the first of `[[clusters]]`.
 #[derive(Debug)]
 pub struct KubernetesSettings {
     pub kubeconfig: PathBuf,
@@ -216,6 +225,9 @@ impl Settings {
             || self.kubernetes.timeout != new.kubernetes.timeout
         {
             d.push("kubernetes");
+        }
+        if self.clusters != new.clusters {
+            d.push("clusters");
         }
         if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
             d.push("relay");
@@ -399,12 +411,17 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     let k = raw.kubernetes;
-    let kubeconfig = required_path(
-        "kubernetes.kubeconfig",
-        k.kubeconfig,
-        "the service account's kubeconfig (see deploy/)",
-        &mut p,
-    );
+    // With [[clusters]], [kubernetes] (the cluster named default) is optional.
+    let kubeconfig = if raw.clusters.is_empty() {
+        required_path(
+            "kubernetes.kubeconfig",
+            k.kubeconfig,
+            "the service account's kubeconfig (see deploy/)",
+            &mut p,
+        )
+    } else {
+        k.kubeconfig
+    };
     if let Some(w) = kubeconfig
         .as_deref()
         .and_then(crate::secret::loose_permissions)
@@ -418,6 +435,14 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         &mut p,
     );
     let no_cross_namespace_refs = k.no_cross_namespace_refs.unwrap_or(false);
+    let default_cluster = kubeconfig.clone().map(|kubeconfig| ClusterSpec {
+        name: crate::fleet::DEFAULT.to_string(),
+        labels: Default::default(),
+        kubeconfig,
+        context: k.context.clone(),
+        timeout: kube_timeout,
+    });
+    let clusters = fleet::clusters(default_cluster, raw.clusters, &mut p, &mut warnings);
 
     // Within Kubernetes' default termination grace (30 s) and systemd's stop timeout (90 s).
     let grace_period = duration(
@@ -467,10 +492,14 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     for (i, r) in raw.receivers.into_iter().enumerate() {
         let key = format!("receivers[{i}]");
         let id = u32::try_from(i).unwrap_or(u32::MAX);
-        let Some(rec) = receivers::receiver(id, &key, r, rules, &mut ranges, &mut p, &mut warnings)
+        let Some(mut rec) =
+            receivers::receiver(id, &key, r, rules, &mut ranges, &mut p, &mut warnings)
         else {
             continue;
         };
+        if !place(&mut rec, &clusters, &mut p) {
+            continue;
+        }
         if let Some(j) = seen_names.insert((rec.namespace.clone(), rec.name.clone()), i) {
             p.add(
                 &key,
@@ -498,7 +527,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         tls_cert,
         tls_key,
         certified_key,
-        kubeconfig,
+        clusters.first().cloned(),
     ) {
         (
             true,
@@ -507,7 +536,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             Some(tls_cert),
             Some(tls_key),
             Some(certified_key),
-            Some(kubeconfig),
+            Some(home),
         ) => {
             if listen == admin_listen {
                 return Err(ConfigError::one(
@@ -535,11 +564,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     watch_interval,
                 },
                 kubernetes: KubernetesSettings {
-                    kubeconfig,
-                    context: k.context,
-                    timeout: kube_timeout,
+                    kubeconfig: home.kubeconfig.clone(),
+                    context: home.context.clone(),
+                    timeout: home.timeout,
                     no_cross_namespace_refs,
                 },
+                clusters,
                 relay,
                 limits,
                 ranges,
@@ -552,6 +582,30 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         _ => Err(ConfigError(p.0)),
     }
+}
+
+/// Resolves each target's clusters against the fleet; false, with the problems added under
+/// the keys that chose them, when one picks an unknown cluster or none.
+fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool {
+    let mut ok = true;
+    let mut reach = Vec::with_capacity(rec.placements.len());
+    for pl in &rec.placements {
+        match pl.selector.resolve(clusters) {
+            Ok(ids) => reach.push(ids.into()),
+            Err(e) => {
+                p.add(&pl.key, e);
+                ok = false;
+            }
+        }
+    }
+    let default = clusters
+        .iter()
+        .position(|c| c.name == crate::fleet::DEFAULT);
+    rec.per_cluster = reach
+        .iter()
+        .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
+    rec.reach = reach;
+    ok
 }
 
 /// Where `serve -u` waits for the listening sockets unless `server.upgrade_sock` says: in

@@ -20,10 +20,9 @@ pub mod upgrade;
 use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
 use crate::config::Settings;
+use crate::fleet::Fleet;
 use crate::history::History;
 use crate::relay::job::Job;
-use crate::relay::kube::KubeApi;
-use crate::relay::queue::Queue;
 use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -68,8 +67,14 @@ pub fn open_queue(settings: &Settings) -> Result<(Store, Vec<Job>), String> {
     }
 }
 
-/// Runs the gateway until a signal stops it. Never returns.
-pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+/// Runs the gateway until a signal stops it. Never returns. `kubes` are the kubeconfigs of
+/// the fleet's clusters, in order; the first is the home cluster cluster mode watches.
+pub fn run(
+    config_path: &Path,
+    settings: Settings,
+    kubes: Vec<kube::Config>,
+    opts: RunOptions,
+) -> ! {
     let (store, resumed) = match open_queue(&settings) {
         Ok(q) => q,
         Err(e) => {
@@ -112,15 +117,28 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
 
-    let cluster = settings.cluster.watch_receivers.then(|| {
-        (
-            kube.clone(),
-            Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
-        )
-    });
-    let api = Arc::new(KubeApi::new(kube));
-    let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
-    let durable = queue.is_durable();
+    let cluster = settings
+        .cluster
+        .watch_receivers
+        .then(|| kubes.first().cloned())
+        .flatten()
+        .map(|kube| {
+            (
+                kube,
+                Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
+            )
+        });
+    for c in &settings.clusters {
+        tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
+    }
+    let fleet = Arc::new(Fleet::new(
+        &settings.clusters,
+        kubes,
+        store,
+        &relay_queue,
+        resumed,
+    ));
+    let durable = fleet.is_durable();
     let history = match &settings.relay.queue_dir {
         Some(dir) => match History::open(settings.history.size, dir) {
             Ok(h) => h,
@@ -133,7 +151,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     };
     let history = Arc::new(history);
     let admin_token = settings.admin.token.clone();
-    let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
+    let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
     ));
@@ -201,11 +219,11 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         "fluxgate maintenance",
         maintenance::Maintenance {
             live,
-            api,
+            fleet: fleet.clone(),
             watch_interval,
         },
     );
-    let worker = background_service("fluxgate relay", maintenance::RelayWorker { queue });
+    let worker = background_service("fluxgate relay", maintenance::RelayWorker { fleet });
     server.add_service(hooks);
     server.add_service(admin);
     server.add_service(maintenance);

@@ -18,6 +18,12 @@ pub struct View<'a> {
     pub records: &'a [Arc<Record>],
     pub unrouted: u64,
     pub cert_not_after: Option<i64>,
+    pub clusters: Vec<ClusterView>,
+}
+
+/// One cluster of the fleet, as its metrics show it.
+pub struct ClusterView {
+    pub name: String,
     pub api_up: bool,
     pub queue_depth: i64,
     pub queue_oldest_seconds: f64,
@@ -66,18 +72,27 @@ pub fn render(v: &View) -> (String, String) {
 <style nonce="{nonce}">{STYLE}</style></head>
 <body><header><h1>fluxgate</h1><span id="live" class="muted">connecting…</span></header>
 <main>
-<section><h2>Cluster</h2><dl class="facts">"#
+<section><h2>Gateway</h2><dl class="facts">"#
     );
     let _ = write!(
         h,
-        "<dt>Kubernetes API</dt><dd class=\"{}\">{}</dd><dt>Queue depth</dt><dd>{}</dd><dt>Oldest job</dt><dd>{:.0} s</dd><dt>Certificate expires</dt><dd>{}</dd><dt>Requests to unknown paths</dt><dd>{}</dd></dl></section>",
-        if v.api_up { "ok" } else { "bad" },
-        if v.api_up { "reachable" } else { "not reached" },
-        v.queue_depth,
-        v.queue_oldest_seconds,
+        "<dt>Certificate expires</dt><dd>{}</dd><dt>Requests to unknown paths</dt><dd>{}</dd></dl></section>",
         esc(&v.cert_not_after.map_or_else(|| "unknown".into(), when)),
         v.unrouted,
     );
+    h.push_str("<section><h2>Clusters</h2><div class=\"scroll\"><table><thead><tr><th>Cluster</th><th>Kubernetes API</th><th>Queue depth</th><th>Oldest job</th></tr></thead><tbody>");
+    for c in &v.clusters {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{:.0} s</td></tr>",
+            esc(&c.name),
+            if c.api_up { "ok" } else { "bad" },
+            if c.api_up { "reachable" } else { "not reached" },
+            c.queue_depth,
+            c.queue_oldest_seconds,
+        );
+    }
+    h.push_str("</tbody></table></div></section>");
     h.push_str("<section><h2>Receivers</h2><div class=\"scroll\"><table><thead><tr><th>Name</th><th>Type</th><th>Path</th><th>Allowed from</th><th>Last delivery</th><th>Count</th></tr></thead><tbody>");
     for r in v.receivers {
         let mine = v.records.iter().filter(|d| d.receiver == r.label);
@@ -170,8 +185,8 @@ main{padding:0 1em 2em;max-width:80em}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #d0d7de;vertical-align:top;font-size:.9em}
 td{word-break:break-word}
-tr.bad td:nth-child(7),dd.bad{color:#b3261e}
-tr.ok td:nth-child(7),dd.ok{color:#1a7f37}
+tr.bad td:nth-child(7),td.bad{color:#b3261e}
+tr.ok td:nth-child(7),td.ok{color:#1a7f37}
 tr.hidden{display:none}
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;margin:0}
 .facts dd{margin:0}

@@ -204,12 +204,21 @@ impl History {
     }
 }
 
-/// Each target's result as the relay answered a delivery, in the order of `targets`.
-pub fn results(targets: &[Arc<Target>], delivered: &Delivered) -> Vec<TargetResult> {
-    targets
+/// Each job's result as the relay answered a delivery, in the order of
+/// `delivered.results`; `cluster` names a cluster by its id.
+pub fn results<'a>(
+    targets: &[Arc<Target>],
+    delivered: &Delivered,
+    cluster: impl Fn(usize) -> &'a str,
+) -> Vec<TargetResult> {
+    delivered
+        .results
         .iter()
-        .zip(&delivered.results)
-        .map(|(t, o)| TargetResult::of(t).with(o.as_ref(), &delivered.requested_at))
+        .filter_map(|r| {
+            let mut t = TargetResult::of(targets.get(r.target)?);
+            t.cluster = cluster(r.cluster).to_string();
+            Some(t.with(r.outcome.as_ref(), &delivered.requested_at))
+        })
         .collect()
 }
 
