@@ -99,11 +99,25 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
         "fenced-secret",
         "allow_from = [\"10.9.9.9/32\"]\nresources = [{ kind = \"GitRepository\", name = \"app\" }]",
     );
+    let picky = github(
+        &s,
+        "picky",
+        "picky-secret",
+        "resource_filter = 'res.metadata.labels.app == \"db\"'\nresources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let failing = github(
+        &s,
+        "failing",
+        "failing-secret",
+        "resource_filter = 'res.metadata.labels.nothing == \"x\"'\nresources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
     let g = s
         .section("[relay]\nwait = \"300ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"")
         .receiver(&gh)
         .receiver(&broken)
         .receiver(&fenced)
+        .receiver(&picky)
+        .receiver(&failing)
         .start();
     let gh_path = hook("gh-secret", "gh", "flux-system");
     let body = fresh_push();
@@ -151,6 +165,21 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
         )
         .await;
     assert_eq!(st, 502);
+    // Filtered out, and a filter that cannot be evaluated.
+    let (filtered_id, failed_id) = (uid(), uid());
+    // Both target an object just patched: they may wait for relay.min_interval (202).
+    for (name, id) in [("picky", &filtered_id), ("failing", &failed_id)] {
+        let b = fresh_push();
+        let secret = format!("{name}-secret");
+        let (st, text) = g
+            .post(
+                &hook(&secret, name, "flux-system"),
+                &refs(&signed(&secret, &b, id)),
+                b,
+            )
+            .await;
+        assert!(matches!(st, 200 | 202 | 502), "{st} {text}");
+    }
     // Not on the allow-list.
     let fenced_id = uid();
     let body4 = fresh_push();
@@ -218,6 +247,25 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
         (Some(403), Some("not_allowed"))
     );
     assert!(r["reason"].as_str().unwrap().contains("not allowed"), "{r}");
+
+    let settled = |v: &Value| v["targets"][0]["state"] != "queued";
+    let r = record(&g, &filtered_id, settled).await;
+    assert_eq!(r["outcome"], "relayed", "{r}");
+    assert_eq!(r["targets"][0]["state"], "filtered", "{r}");
+    assert_eq!(r["targets"][0]["filtered"][0], "app", "{r}");
+    let r = record(&g, &failed_id, settled).await;
+    assert_eq!(r["outcome"], "relay_refused", "{r}");
+    assert_eq!(r["targets"][0]["state"], "filter_failed", "{r}");
+    assert!(
+        r["targets"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing"),
+        "{r}"
+    );
+    // Filters read the body, which is not kept: no redelivery.
+    let (okay, out) = cli(&g, &["redeliver", &filtered_id]);
+    assert!(!okay && out.contains("not kept"), "{out}");
 
     // The queued delivery's record follows the relay.
     let r = record(&g, &later, |v| v["outcome"] == "relayed").await;
