@@ -117,6 +117,7 @@ impl History {
         };
         *t = result;
         record.settle();
+        record.clip();
         self.store(Arc::new(record), false);
     }
 
