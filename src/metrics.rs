@@ -46,6 +46,8 @@ pub struct Metrics {
     pub cluster_receivers: IntGaugeVec,
     /// Cluster mode: GETs of the Secrets Receivers name, by result.
     pub cluster_secret_reads: IntCounterVec,
+    /// ACME orders, by result (ok, failed).
+    pub acme_orders: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -170,6 +172,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cluster_secret_reads: register_int_counter_vec!(
             "fluxgate_cluster_secret_reads_total",
             "GETs of the Secrets that Receivers name, by result (ok, not_found, forbidden, failed).",
+            &["result"]
+        )?,
+        acme_orders: register_int_counter_vec!(
+            "fluxgate_acme_orders_total",
+            "ACME certificate orders, by result (ok, failed).",
             &["result"]
         )?,
     })
