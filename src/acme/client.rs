@@ -162,8 +162,9 @@ pub async fn account(
     http: &Http,
     config: &AcmeConfig,
     storage: &Storage,
+    fresh: bool,
 ) -> Result<Account, String> {
-    if let Some(json) = storage.load_account(&config.directory) {
+    if let Some(json) = storage.load_account(&config.directory).filter(|_| !fresh) {
         let creds: AccountCredentials = serde_json::from_slice(&json)
             .map_err(|e| format!("the stored account does not parse: {e}"))?;
         return Account::builder_with_http(Box::new(http.clone()))
@@ -203,17 +204,26 @@ pub async fn order(acme: &Arc<Acme>, http: &Http, storage: &Storage) -> Result<S
         retry_after: http.take_retry_after(),
     };
     let config = &acme.config;
-    let account = account(http, config, storage).await.map_err(fail)?;
-    let _in_flight = acme.begin_order();
     let ids: Vec<Identifier> = config
         .domains
         .iter()
         .map(|d| Identifier::Dns(d.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&ids))
-        .await
-        .map_err(|e| fail(format!("new order refused: {e}")))?;
+    let stored = account(http, config, storage, false).await.map_err(fail)?;
+    let _in_flight = acme.begin_order();
+    let mut order = match stored.new_order(&NewOrder::new(&ids)).await {
+        // The CA forgot the account (a test CA restarted, an account deactivated): register
+        // again, once.
+        Err(instant_acme::Error::Api(p))
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+        {
+            tracing::warn!("the CA does not know the stored account: registering a new one");
+            let fresh = account(http, config, storage, true).await.map_err(fail)?;
+            fresh.new_order(&NewOrder::new(&ids)).await
+        }
+        other => other,
+    }
+    .map_err(|e| fail(format!("new order refused: {e}")))?;
     let kind = if config.http_listen.is_some() {
         ChallengeType::Http01
     } else {
