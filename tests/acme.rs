@@ -428,3 +428,50 @@ async fn renewal_swaps_the_certificate_under_an_open_connection_and_outlasts_the
         "the renewed chain is pebble's new one"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reaches_the_directory_and_refuses_certificate_files_beside_acme() {
+    if !installed() {
+        return;
+    }
+    let setup = Setup::new();
+    let port = free_port();
+    let pebble = Pebble::start(setup.dir.path(), port, free_port(), 3600, false);
+    let gw = AcmeGateway::new(setup, port, &pebble, None);
+    gw.wait_orders("ok", 1.0, Duration::from_secs(30));
+    let config = gw.setup.path("fluxgate.toml");
+    let run = run_check(&config, &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    for line in [
+        "ok: server.acme: certificates for gw.fluxgate.test",
+        "ok: server.acme.directory https://127.0.0.1:",
+        "ok: server.acme: stored certificate for gw.fluxgate.test",
+    ] {
+        assert_eq!(
+            run.lines_starting(line).len(),
+            1,
+            "{line}: {}",
+            run.output()
+        );
+    }
+
+    let d = gw.setup.dir.path().display();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[server]\n",
+        &format!("[server]\ntls_cert = \"{d}/tls.crt\"\ntls_key = \"{d}/tls.key\"\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let run = run_check(&config, &["--offline"], &[]);
+    assert_ne!(run.code, Some(0));
+    for key in ["server.tls_cert", "server.tls_key"] {
+        assert_eq!(
+            run.lines_starting(&format!(
+                "problem: {key}: cannot be used with [server.acme]"
+            ))
+            .len(),
+            1,
+            "{}",
+            run.output()
+        );
+    }
+}
