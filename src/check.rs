@@ -68,11 +68,20 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
         acme(a, &mut r);
     }
     for rec in &settings.receivers {
+        // A path-only type's path is its credential: never printed whole, as in the logs.
+        let path = if rec.kind.path_is_credential() {
+            format!(
+                "{} (the path is this type's credential: `fluxgate hook-path` prints it whole)",
+                crate::hook_path::elide(&rec.path)
+            )
+        } else {
+            rec.path.clone()
+        };
         r.ok(format!(
             "receiver {} ({}): {} -> {} target(s)",
             rec.label,
             rec.kind,
-            rec.path,
+            path,
             rec.targets.len()
         ));
     }

@@ -58,6 +58,8 @@ enum Command {
     HookPath {
         #[command(flatten)]
         token: SecretArgs,
+        #[command(flatten)]
+        trim: TrimArg,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -69,6 +71,8 @@ enum Command {
         kind: String,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        trim: TrimArg,
         /// sha1, sha256 or sha512 (HMAC types only).
         #[arg(long, default_value = "sha256")]
         algorithm: String,
@@ -87,7 +91,7 @@ enum Command {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 struct SecretArgs {
-    /// File holding the token (trailing line breaks are ignored).
+    /// File holding the token (trailing line breaks are ignored unless --trim-secret false).
     #[arg(long, alias = "secret-file")]
     token_file: Option<PathBuf>,
     /// Environment variable holding the token.
@@ -95,13 +99,24 @@ struct SecretArgs {
     token_env: Option<String>,
 }
 
+/// Beside the token's source, not one of them (so not in their group).
+#[derive(Args, Debug)]
+struct TrimArg {
+    /// As the receiver key `trim_secret`: `false` keeps the token's bytes exactly, as Flux uses
+    /// a Secret's, so a token copied out of a Secret with its line break gives Flux's path.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    trim_secret: bool,
+}
+
 impl SecretArgs {
-    fn load(&self) -> Result<Secret, String> {
+    fn load(&self, trim: &TrimArg) -> Result<Secret, String> {
+        let trim = trim.trim_secret;
         match (&self.token_file, &self.token_env) {
-            (Some(f), _) => Secret::from_file(f).map_err(|e| format!("--token-file: {e}")),
-            (None, Some(v)) => Secret::from_env(v).map_err(|e| format!("--token-env: {e}")),
+            (Some(f), _) => Secret::read_file(f, trim).map_err(|e| format!("--token-file: {e}")),
+            (None, Some(v)) => Secret::read_env(v, trim).map_err(|e| format!("--token-env: {e}")),
             (None, None) => Err("give --token-file or --token-env".into()),
         }
+        .map(|r| r.secret)
     }
 }
 
@@ -118,16 +133,18 @@ pub fn main() -> i32 {
         Command::Check { config, offline } => crate::check::run(&config, offline),
         Command::HookPath {
             token,
+            trim,
             name,
             namespace,
         } => token
-            .load()
+            .load(&trim)
             .map(|t| println!("{}", flux_hook_path(t.expose(), &name, &namespace))),
         Command::Sign {
             kind,
             secret,
+            trim,
             algorithm,
-        } => sign(&kind, &secret, &algorithm),
+        } => sign(&kind, &secret, &trim, &algorithm),
         Command::Probe { url } => probe(&url),
         Command::Dev(opts) => crate::dev::run(opts),
     };
@@ -191,10 +208,10 @@ pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {
     edge::run(config, settings, kube, opts)
 }
 
-fn sign(kind: &str, secret: &SecretArgs, algorithm: &str) -> Result<(), String> {
+fn sign(kind: &str, secret: &SecretArgs, trim: &TrimArg, algorithm: &str) -> Result<(), String> {
     let kind: ReceiverType = kind.parse().map_err(|e| format!("--type: {e}"))?;
     let algorithm: Algorithm = algorithm.parse().map_err(|e| format!("--algorithm: {e}"))?;
-    let secret = secret.load()?;
+    let secret = secret.load(trim)?;
     let mut body = Vec::new();
     std::io::stdin()
         .read_to_end(&mut body)

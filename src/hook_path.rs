@@ -12,9 +12,30 @@ pub fn flux_hook_path(token: &[u8], name: &str, namespace: &str) -> String {
     format!("/hook/{}", hex::encode(h.finalize()))
 }
 
+/// A path cut after its first 12 hex digits: enough to tell receivers apart, not enough to
+/// call one whose path is its credential.
+pub fn elide(path: &str) -> String {
+    let keep = path
+        .char_indices()
+        .nth("/hook/".len() + 12)
+        .map_or(path.len(), |(i, _)| i);
+    if keep == path.len() {
+        return path.to_string();
+    }
+    format!("{}…", &path[..keep])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elided_paths_keep_twelve_digits() {
+        let p = flux_hook_path(b"test-token", "github-receiver", "flux-system");
+        assert_eq!(elide(&p), "/hook/df3ebadde655…");
+        assert_eq!(elide("/hook/abc"), "/hook/abc");
+        assert_eq!(elide("/hook/ééééééééééééééé"), "/hook/éééééééééééé…");
+    }
 
     #[test]
     fn matches_flux_test_vectors() {

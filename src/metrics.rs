@@ -202,6 +202,7 @@ pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_
             "bad_signature",
             "not_allowed",
             "rate_limited",
+            "body_memory_full",
         ] {
             m.deliveries
                 .with_label_values(&[r.label.as_str(), r.kind.as_str(), outcome]);

@@ -213,6 +213,56 @@ fn hook_path_prints_the_flux_test_vector() {
     );
 }
 
+#[test]
+fn hook_path_keeps_the_bytes_with_trim_secret_false() {
+    let s = Setup::new();
+    let token = s.secret("t", "test-token\n");
+    let path = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["hook-path", "--token-file"])
+            .arg(&token)
+            .args(["--name", "receiver-secret", "--namespace", "my-namespace"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let flux =
+        fluxgate::hook_path::flux_hook_path(b"test-token\n", "receiver-secret", "my-namespace");
+    assert_eq!(path(&["--trim-secret", "false"]), format!("{flux}\n"));
+    assert_ne!(
+        path(&[]),
+        format!("{flux}\n"),
+        "trimmed by default, as secret_file"
+    );
+}
+
+#[test]
+fn check_elides_the_path_of_a_type_whose_path_is_its_credential() {
+    let s = Setup::new();
+    let open = receiver(&s, "open", "dockerhub", "t1", APP);
+    let signed = receiver(&s, "signed", "github", "t2", APP);
+    let s = s.receiver(&open).receiver(&signed);
+    s.offline_kubeconfig();
+    let (ok, out) = check(&s.write_config(8443, 9102), &[]);
+    assert!(ok, "{out}");
+    let full = fluxgate::hook_path::flux_hook_path(b"t1", "open", "flux-system");
+    assert!(!out.contains(&full), "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok: receiver flux-system/open (dockerhub): {}… (the path is this type's credential",
+            &full[..18]
+        )),
+        "{out}"
+    );
+    // A signed type's path is no credential alone: printed whole, to paste into the provider.
+    assert_eq!(
+        printed_path(&out, "flux-system/signed"),
+        fluxgate::hook_path::flux_hook_path(b"t2", "signed", "flux-system")
+    );
+}
+
 /// Mode `mode` on `p`.
 fn chmod(p: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;

@@ -64,11 +64,17 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "forwarded",
             "forward_refused",
             "forward_failed",
+            "body_memory_full",
         ],
     ),
     (
         "reason",
-        &["not_allowed", "blocked", "too_many_connections"],
+        &[
+            "not_allowed",
+            "blocked",
+            "too_many_connections",
+            "connection_limit",
+        ],
     ),
     // fluxgate_range_refreshes_total and fluxgate_config_reloads_total: ok, failed;
     // fluxgate_relay_jobs_total: patched, refused, retried, dropped.

@@ -411,8 +411,8 @@ fn build(
                 let flux = flux_hook_path(stored.expose(), &r.name, &r.namespace);
                 warnings.push(format!(
                     "{field}: the token ends with a line break, which fluxgate drops, so its path is {} where Flux, given these bytes in a Secret, shows {}; if the token comes from a Flux Secret, set trim_secret = false to keep Flux's path and signing key",
-                    short_path(&path),
-                    short_path(&flux)
+                    crate::hook_path::elide(&path),
+                    crate::hook_path::elide(&flux)
                 ));
             }
             path
@@ -443,12 +443,6 @@ fn build(
         suspended: false,
         delivery_id_header: r.delivery_id_header,
     })
-}
-
-/// Enough of a hook path to tell two apart: for some types the path is the only credential,
-/// and must not be printed whole.
-fn short_path(path: &str) -> String {
-    format!("{}…", &path[..path.len().min("/hook/".len() + 12)])
 }
 
 /// Every active secret, files first, in the order given: the first makes the path, and comes

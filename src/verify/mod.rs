@@ -220,6 +220,19 @@ impl ReceiverType {
         )
     }
 
+    /// Whether the hook path is the type's whole credential (Flux's "path only" types): such a
+    /// path is a secret, shown elided wherever fluxgate prints it (see `hook_path::elide`).
+    pub fn path_is_credential(self) -> bool {
+        matches!(
+            self,
+            ReceiverType::Generic
+                | ReceiverType::Dockerhub
+                | ReceiverType::Quay
+                | ReceiverType::Acr
+                | ReceiverType::Cdevents
+        )
+    }
+
     /// Whether the type authenticates with a secret token (all but generic-oidc, where Flux
     /// forbids a secretRef).
     pub fn uses_secret(self) -> bool {
