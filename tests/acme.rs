@@ -50,6 +50,18 @@ struct Pebble {
 
 impl Pebble {
     fn start(dir: &Path, tls_port: u16, http_port: u16, validity: u64, nonce_reject: bool) -> Self {
+        Self::start_with(dir, tls_port, http_port, validity, nonce_reject, "")
+    }
+
+    /// With `extra`, more keys of pebble's configuration (`"domainBlocklist": [...], `).
+    fn start_with(
+        dir: &Path,
+        tls_port: u16,
+        http_port: u16,
+        validity: u64,
+        nonce_reject: bool,
+        extra: &str,
+    ) -> Self {
         // pebble's own HTTPS: a throw-away CA (what `ca_roots` trusts) and a certificate for 127.0.0.1.
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -74,7 +86,7 @@ impl Pebble {
                 r#"{{"pebble": {{"listenAddress": "127.0.0.1:{dir_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
                 "certificate": "{d}/pebble-cert.pem", "privateKey": "{d}/pebble-key.pem",
                 "httpPort": {http_port}, "tlsPort": {tls_port}, "ocspResponderURL": "",
-                "externalAccountBindingRequired": false, "certificateValidityPeriod": {validity}}}}}"#
+                {extra}"externalAccountBindingRequired": false, "certificateValidityPeriod": {validity}}}}}"#
             ),
         )
         .unwrap();
@@ -474,4 +486,109 @@ async fn check_reaches_the_directory_and_refuses_certificate_files_beside_acme()
             run.output()
         );
     }
+}
+
+/// A TLS client for NAME that trusts anything (the placeholder is self-signed), offering `alpn`.
+async fn handshake_any(
+    port: u16,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    install_crypto();
+    let mut cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(NAME.try_into().unwrap(), tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn until_a_certificate_is_issued_deliveries_get_503_over_a_placeholder() {
+    if !installed() {
+        return;
+    }
+    let setup = Setup::new();
+    let port = free_port();
+    // pebble refuses every order for NAME: no certificate ever comes.
+    let pebble = Pebble::start_with(
+        setup.dir.path(),
+        port,
+        free_port(),
+        3600,
+        false,
+        &format!(r#""domainBlocklist": ["{NAME}"], "#),
+    );
+    let gw = AcmeGateway::new(setup, port, &pebble, None);
+    gw.wait_orders("failed", 2.0, Duration::from_secs(20));
+    let logs = gw.logs();
+    assert!(
+        logs.contains("rejectedIdentifier"),
+        "the CA's reason is logged: {logs}"
+    );
+    assert!(logs.contains("retry_in"), "{logs}");
+
+    // A request gets a TLS session on the placeholder, then a clear 503.
+    let mut tls = handshake_any(port, b"http/1.1").await.unwrap();
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    assert!(
+        cert.subject().to_string().contains("not yet issued"),
+        "{}",
+        cert.subject()
+    );
+    tls.write_all(
+        format!(
+            "POST {} HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            hook("ka", "a", "flux-system")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    assert!(out.contains("certificate not yet issued"), "{out}");
+
+    // With no order in flight, an acme-tls/1 handshake gets no certificate at all.
+    assert!(handshake_any(port, b"acme-tls/1").await.is_err());
 }
