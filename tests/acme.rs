@@ -194,15 +194,26 @@ struct AcmeGateway {
     _api: StandIn,
 }
 
-fn receiver(s: &Setup) -> String {
+fn receiver(s: &Setup, extra: &str) -> String {
     format!(
-        "name = \"a\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]\n",
+        "name = \"a\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]\n{extra}\n",
         s.secret("a", "ka").display()
     )
 }
 
 impl AcmeGateway {
     fn new(setup: Setup, port: u16, pebble: &Pebble, http_listen: Option<u16>) -> Self {
+        Self::with_receiver(setup, port, pebble, http_listen, "")
+    }
+
+    /// With `extra` lines in the receiver's table.
+    fn with_receiver(
+        setup: Setup,
+        port: u16,
+        pebble: &Pebble,
+        http_listen: Option<u16>,
+        extra: &str,
+    ) -> Self {
         let api = StandIn::start(api_config()).unwrap();
         api.write_kubeconfig(&setup.path("kubeconfig"), SA_TOKEN)
             .unwrap();
@@ -217,7 +228,7 @@ impl AcmeGateway {
              directory = \"{}\"\nca_roots = [\"{d}/pebble-ca.pem\"]\nstorage = \"{d}/acme\"\n{http}\n\
              [kubernetes]\nkubeconfig = \"{d}/kubeconfig\"\n\n[[receivers]]\n{}\n",
             pebble.directory(),
-            receiver(&setup)
+            receiver(&setup, extra)
         );
         std::fs::write(setup.path("fluxgate.toml"), config).unwrap();
         let mut gw = AcmeGateway {
@@ -591,4 +602,32 @@ async fn until_a_certificate_is_issued_deliveries_get_503_over_a_placeholder() {
 
     // With no order in flight, an acme-tls/1 handshake gets no certificate at all.
     assert!(handshake_any(port, b"acme-tls/1").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cas_validation_passes_an_allow_list_that_does_not_name_it_only_while_ordering() {
+    if !installed() {
+        return;
+    }
+    let setup = Setup::new();
+    let port = free_port();
+    let pebble = Pebble::start(setup.dir.path(), port, free_port(), 3600, false);
+    // pebble validates from 127.0.0.1, which the only receiver does not allow.
+    let gw = AcmeGateway::with_receiver(setup, port, &pebble, None, "allow_from = [\"192.0.2.1\"]");
+    gw.wait_orders("ok", 1.0, Duration::from_secs(30));
+    // No order in flight: 127.0.0.1 is closed before TLS again.
+    let root = pebble.root().await;
+    let refused = gw
+        .client(&root)
+        .get(format!("https://{NAME}:{port}/"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let m = scrape_metrics(gw.admin);
+    assert!(
+        m.value(
+            "fluxgate_connections_refused_total",
+            &[("reason", "not_allowed")]
+        ) >= 1.0
+    );
 }
