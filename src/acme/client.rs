@@ -293,9 +293,99 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     s
 }
 
+/// The certificate's identifier for ACME Renewal Information (RFC 9773 §4.1): its authority
+/// key identifier and serial number.
+pub fn certificate_id(
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<instant_acme::CertificateIdentifier<'static>> {
+    use x509_parser::extensions::ParsedExtension;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let aki = cert
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        })?;
+    Some(
+        instant_acme::CertificateIdentifier::new(
+            rustls::pki_types::Der::from_slice(aki),
+            rustls::pki_types::Der::from_slice(cert.tbs_certificate.raw_serial()),
+        )
+        .into_owned(),
+    )
+}
+
+/// When the CA suggests renewing (RFC 9773), if its directory offers renewal information:
+/// a random moment in the suggested window, as §4.2 asks. `None` when it does not, or cannot
+/// be asked now; the caller then renews at two thirds of the lifetime.
+pub async fn suggested_renewal(
+    http: &Http,
+    config: &AcmeConfig,
+    storage: &Storage,
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+) -> Option<i64> {
+    let id = certificate_id(leaf)?;
+    let json = storage.load_account(&config.directory)?;
+    let creds: AccountCredentials = serde_json::from_slice(&json).ok()?;
+    let account = Account::builder_with_http(Box::new(http.clone()))
+        .from_credentials(creds)
+        .await
+        .ok()?;
+    match account.renewal_info(&id).await {
+        Ok((info, _)) => Some(in_window(
+            info.suggested_window.start.unix_timestamp(),
+            info.suggested_window.end.unix_timestamp(),
+            rand::random(),
+        )),
+        Err(instant_acme::Error::Unsupported(_)) => None,
+        Err(e) => {
+            tracing::warn!("cannot read the CA's renewal information: {e}");
+            None
+        }
+    }
+}
+
+/// A moment in `[start, end]`, `at` (0..1) of the way through.
+pub fn in_window(start: i64, end: i64, at: f64) -> i64 {
+    start + ((end - start).max(0) as f64 * at.clamp(0.0, 1.0)) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_information_names_the_issuer_key_and_serial() {
+        // A leaf signed by a CA whose certificate has a subject key identifier.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![0x69, 0x88, 0x5b]);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap();
+        leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&[
+            0x00, 0x87, 0x65, 0x43, 0x21,
+        ]));
+        leaf.use_authority_key_identifier_extension = true;
+        let leaf = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let id = certificate_id(leaf.der()).unwrap();
+        // RFC 9773 §4.1's example encodes keyIdentifier 69:88:5B as "aYhb" and serial
+        // 00:87:65:43:21 as "AIdlQyE".
+        assert_eq!(id.to_string(), "aYhb.AIdlQyE");
+    }
+
+    #[test]
+    fn the_renewal_moment_falls_in_the_suggested_window() {
+        assert_eq!(in_window(100, 200, 0.0), 100);
+        assert_eq!(in_window(100, 200, 0.5), 150);
+        assert_eq!(in_window(100, 200, 1.0), 200);
+        assert_eq!(
+            in_window(200, 100, 0.7),
+            200,
+            "an inverted window: its start"
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

@@ -47,14 +47,22 @@ fn usable(s: &Stored, domains: &[String]) -> bool {
 }
 
 impl AcmeService {
-    fn install(&self, s: &Stored) -> i64 {
+    /// Serves `s` and says when to renew it: when the CA's renewal information suggests, else
+    /// at two thirds of its lifetime.
+    async fn install(&self, s: &Stored, http: &Http, storage: &Storage) -> i64 {
         self.resolver.replace(s.certified.clone());
         self.acme.set_issued();
         metrics::get().certificate_expiry.set(s.not_after as f64);
-        let at = renew_at(s.not_before, s.not_after, rand::rng().random());
+        let suggested = match s.certified.cert.first() {
+            Some(leaf) => client::suggested_renewal(http, &self.acme.config, storage, leaf).await,
+            None => None,
+        };
+        let at =
+            suggested.unwrap_or_else(|| renew_at(s.not_before, s.not_after, rand::rng().random()));
         tracing::info!(
             not_after = %humantime::format_rfc3339_seconds(to_time(s.not_after)),
             next_renewal = %humantime::format_rfc3339_seconds(to_time(at)),
+            by = if suggested.is_some() { "the CA's renewal information" } else { "two thirds of the lifetime" },
             "ACME certificate in use"
         );
         at
@@ -74,7 +82,7 @@ impl AcmeService {
                 reason,
                 retry_after: None,
             })?;
-        Ok(self.install(&stored))
+        Ok(self.install(&stored, http, storage).await)
     }
 
     async fn run(&self) {
@@ -91,8 +99,15 @@ impl AcmeService {
                 Err(e) => tracing::error!("acme.http_listen: cannot listen on {addr}: {e}"),
             }
         }
+        let http = match Http::new(config) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!("acme: {e}");
+                return;
+            }
+        };
         let mut renew = match storage.load_certificate() {
-            Ok(Some(s)) if usable(&s, &config.domains) => self.install(&s),
+            Ok(Some(s)) if usable(&s, &config.domains) => self.install(&s, &http, &storage).await,
             Ok(Some(_)) => {
                 tracing::info!(
                     "the stored certificate is expired or names other domains: ordering a new one"
@@ -103,13 +118,6 @@ impl AcmeService {
             Err(e) => {
                 tracing::warn!("the stored certificate is unusable, ordering a new one: {e}");
                 0
-            }
-        };
-        let http = match Http::new(config) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::error!("acme: {e}");
-                return;
             }
         };
         let mut backoff = FIRST_BACKOFF;
