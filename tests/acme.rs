@@ -50,7 +50,8 @@ struct Pebble {
 
 impl Pebble {
     fn start(dir: &Path, tls_port: u16, http_port: u16, validity: u64, nonce_reject: bool) -> Self {
-        Self::start_with(dir, tls_port, http_port, validity, nonce_reject, "")
+        let no_eab = r#""externalAccountBindingRequired": false, "#;
+        Self::start_with(dir, tls_port, http_port, validity, nonce_reject, no_eab)
     }
 
     /// With `extra`, more keys of pebble's configuration (`"domainBlocklist": [...], `).
@@ -86,7 +87,7 @@ impl Pebble {
                 r#"{{"pebble": {{"listenAddress": "127.0.0.1:{dir_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
                 "certificate": "{d}/pebble-cert.pem", "privateKey": "{d}/pebble-key.pem",
                 "httpPort": {http_port}, "tlsPort": {tls_port}, "ocspResponderURL": "",
-                {extra}"externalAccountBindingRequired": false, "certificateValidityPeriod": {validity}}}}}"#
+                {extra}"certificateValidityPeriod": {validity}}}}}"#
             ),
         )
         .unwrap();
@@ -206,6 +207,11 @@ impl AcmeGateway {
         Self::with_receiver(setup, port, pebble, http_listen, "")
     }
 
+    /// With `acme`, more lines of `[server.acme]`.
+    fn with_acme(setup: Setup, port: u16, pebble: &Pebble, acme: &str) -> Self {
+        Self::build(setup, port, pebble, None, "", acme)
+    }
+
     /// With `extra` lines in the receiver's table.
     fn with_receiver(
         setup: Setup,
@@ -213,6 +219,17 @@ impl AcmeGateway {
         pebble: &Pebble,
         http_listen: Option<u16>,
         extra: &str,
+    ) -> Self {
+        Self::build(setup, port, pebble, http_listen, extra, "")
+    }
+
+    fn build(
+        setup: Setup,
+        port: u16,
+        pebble: &Pebble,
+        http_listen: Option<u16>,
+        extra: &str,
+        acme: &str,
     ) -> Self {
         let api = StandIn::start(api_config()).unwrap();
         api.write_kubeconfig(&setup.path("kubeconfig"), SA_TOKEN)
@@ -225,7 +242,7 @@ impl AcmeGateway {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n\
              [server.acme]\ndomains = [\"{NAME}\"]\nemail = \"ops@example.org\"\n\
-             directory = \"{}\"\nca_roots = [\"{d}/pebble-ca.pem\"]\nstorage = \"{d}/acme\"\n{http}\n\
+             directory = \"{}\"\nca_roots = [\"{d}/pebble-ca.pem\"]\nstorage = \"{d}/acme\"\n{http}{acme}\n\
              [kubernetes]\nkubeconfig = \"{d}/kubeconfig\"\n\n[[receivers]]\n{}\n",
             pebble.directory(),
             receiver(&setup, extra)
@@ -565,7 +582,7 @@ async fn until_a_certificate_is_issued_deliveries_get_503_over_a_placeholder() {
         free_port(),
         3600,
         false,
-        &format!(r#""domainBlocklist": ["{NAME}"], "#),
+        &format!(r#""domainBlocklist": ["{NAME}"], "externalAccountBindingRequired": false, "#),
     );
     let gw = AcmeGateway::new(setup, port, &pebble, None);
     gw.wait_orders("failed", 2.0, Duration::from_secs(20));
@@ -629,5 +646,56 @@ async fn the_cas_validation_passes_an_allow_list_that_does_not_name_it_only_whil
             "fluxgate_connections_refused_total",
             &[("reason", "not_allowed")]
         ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_that_requires_external_account_binding_issues_with_the_key_and_check_says_so_without()
+{
+    if !installed() {
+        return;
+    }
+    let setup = Setup::new();
+    let port = free_port();
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with(
+        setup.dir.path(),
+        port,
+        free_port(),
+        3600,
+        false,
+        &format!(
+            r#""externalAccountBindingRequired": true, "externalAccountMACKeys": {{"kid-1": "{key}"}}, "#
+        ),
+    );
+    let key_file = setup.secret("eab", key);
+    let gw = AcmeGateway::with_acme(
+        setup,
+        port,
+        &pebble,
+        &format!(
+            "eab_kid = \"kid-1\"\neab_hmac_key_file = \"{}\"\n",
+            key_file.display()
+        ),
+    );
+    gw.wait_orders("ok", 1.0, Duration::from_secs(30));
+    assert!(!gw.logs().contains(key), "the MAC key is never logged");
+
+    // The same CA without the binding: check names the missing keys.
+    let config = gw.setup.path("fluxgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("eab_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, text).unwrap();
+    let run = run_check(&config, &[], &[]);
+    assert_ne!(run.code, Some(0), "{}", run.output());
+    assert_eq!(
+        run.lines_starting("problem: server.acme.eab_kid: ").len(),
+        1,
+        "{}",
+        run.output()
     );
 }
