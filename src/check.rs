@@ -4,6 +4,7 @@
 use crate::cluster::object::{GROUP, PLURAL};
 use crate::config::{Settings, ALL_NAMESPACES};
 use crate::edge::tls::not_after;
+use crate::fleet::DEFAULT;
 use crate::relay::kube::{load_config, KubeApi};
 use crate::relay::target::Select;
 use crate::secret::loose_permissions;
@@ -263,35 +264,57 @@ fn issuers(rt: &Runtime, s: &Settings, r: &mut Report) {
     }
 }
 
+/// Every cluster of the fleet: reachable with its credentials, and allowed what the relay
+/// does there. A fleet's lines start with `cluster NAME:`; a lone `default` reads as before.
 fn cluster(rt: &Runtime, s: &Settings, r: &mut Report) {
-    let k = &s.kubernetes;
-    let config = match rt.block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout)) {
-        Ok(c) => c,
-        Err(e) => {
-            return r.problem(format!(
-                "kubernetes.kubeconfig: {}: {e}",
-                k.kubeconfig.display()
-            ))
+    let fleet = s.clusters.len() > 1 || s.clusters.iter().any(|c| c.name != DEFAULT);
+    for (i, c) in s.clusters.iter().enumerate() {
+        let (key, prefix) = if i == 0 && c.name == DEFAULT {
+            ("kubernetes.kubeconfig".to_string(), "kubernetes")
+        } else {
+            (
+                format!("clusters[{}].kubeconfig", crate::cli::cluster_index(s, i)),
+                "",
+            )
+        };
+        let who = if fleet {
+            format!("cluster {}: ", c.name)
+        } else {
+            String::new()
+        };
+        let config = match rt.block_on(load_config(&c.kubeconfig, c.context.as_deref(), c.timeout))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                r.problem(format!("{who}{key}: {}: {e}", c.kubeconfig.display()));
+                continue;
+            }
+        };
+        let url = config.cluster_url.to_string();
+        let api = KubeApi::new(config);
+        if let Err(e) = rt.block_on(api.check_reachable()) {
+            let place = if fleet { "kubernetes API" } else { prefix };
+            r.problem(format!("{who}{place}: {url}: {e}"));
+            continue;
         }
-    };
-    let url = config.cluster_url.to_string();
-    let api = KubeApi::new(config);
-    if let Err(e) = rt.block_on(api.check_reachable()) {
-        return r.problem(format!("kubernetes: {url}: {e}"));
+        r.ok(format!(
+            "{who}kubernetes API {url}: reachable with the configured credentials"
+        ));
+        rt.block_on(permissions(s, i, &who, &api, r));
     }
-    r.ok(format!(
-        "kubernetes API {url}: reachable with the configured credentials"
-    ));
-    rt.block_on(permissions(s, &api, r));
 }
 
-/// Asks, for every target, whether the account may do what the relay does, and whether it may
-/// do much more than that.
-async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
+/// Asks, for every target reaching cluster `id`, whether the account may do what the relay
+/// does, and whether it may do much more than that.
+async fn permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r: &mut Report) {
     let mut namespaces = BTreeSet::new();
     for (i, rec) in s.receivers.iter().enumerate() {
-        namespaces.insert(rec.namespace.clone());
+        let mut reached = false;
         for (j, t) in rec.targets.iter().enumerate() {
+            if !rec.reach.get(j).is_some_and(|cs| cs.contains(&id)) {
+                continue;
+            }
+            reached = true;
             namespaces.insert(t.namespace.clone());
             let qualified = format!("{}.{}", t.plural, t.group);
             // A filtered object is read before it is patched.
@@ -302,25 +325,44 @@ async fn permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
                 Select::Labels(_) => (None, &["list", "patch"]),
             };
             for verb in verbs {
-                match api.can_i(verb, &t.group, &t.plural, &t.namespace, name).await {
-                    Ok(true) => r.ok(format!("receivers[{i}] {}: may {verb} {t}", rec.label)),
-                    Ok(false) => r.problem(format!(
-                        "receivers[{i}] {}: the service account may not {verb} {qualified} in {} (needed for {t}); see deploy/",
-                        rec.label, t.namespace
-                    )),
-                    Err(e) => r.problem(format!("receivers[{i}] {}: cannot review {verb} on {t}: {e}", rec.label)),
+                let allowed = api
+                    .can_i(verb, &t.group, &t.plural, &t.namespace, name)
+                    .await;
+                if who.is_empty() {
+                    match allowed {
+                        Ok(true) => r.ok(format!("receivers[{i}] {}: may {verb} {t}", rec.label)),
+                        Ok(false) => r.problem(format!(
+                            "receivers[{i}] {}: the service account may not {verb} {qualified} in {} (needed for {t}); see deploy/",
+                            rec.label, t.namespace
+                        )),
+                        Err(e) => r.problem(format!("receivers[{i}] {}: cannot review {verb} on {t}: {e}", rec.label)),
+                    }
+                } else {
+                    match allowed {
+                        Ok(true) => r.ok(format!("{who}may {verb} {t} (receivers[{i}] {})", rec.label)),
+                        Ok(false) => r.problem(format!(
+                            "{who}may not {verb} {t}: the service account may not {verb} {qualified} in {} (receivers[{i}] {}); see deploy/",
+                            t.namespace, rec.label
+                        )),
+                        Err(e) => r.problem(format!("{who}cannot review {verb} on {t} (receivers[{i}] {}): {e}", rec.label)),
+                    }
                 }
             }
         }
+        // Forward mode goes through the home cluster.
+        if reached || (rec.targets.is_empty() && id == 0) {
+            namespaces.insert(rec.namespace.clone());
+        }
     }
-    if s.cluster.watch_receivers {
+    // Cluster mode watches the home cluster.
+    if s.cluster.watch_receivers && id == 0 {
         cluster_permissions(s, api, r).await;
     }
     for ns in namespaces {
         if let Ok(true) = api.can_i("*", "*", "*", &ns, None).await {
-            r.warn(format!("the service account may do anything in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+            r.warn(format!("{who}the service account may do anything in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
         } else if let Ok(true) = api.can_i("get", "", "secrets", &ns, None).await {
-            r.warn(format!("the service account may read Secrets in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+            r.warn(format!("{who}the service account may read Secrets in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
         }
     }
 }

@@ -184,18 +184,36 @@ fn one_shot_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Loads everything `serve` needs, so `serve`, `check` and `dev` fail the same way.
-pub fn prepare(config: &Path) -> Result<(Settings, kube::Config), String> {
+/// The kubeconfigs are those of every cluster, in the fleet's order.
+pub fn prepare(config: &Path) -> Result<(Settings, Vec<kube::Config>), String> {
     // Bounded like a reload's read: a secret on a FIFO or a hung mount stops start-up with an
     // error instead of hanging it.
     let settings = edge::live::read_settings(config, &Default::default())?;
     for w in &settings.warnings {
         tracing::warn!("{w}");
     }
-    let k = &settings.kubernetes;
-    let kube = one_shot_runtime()?
-        .block_on(load_config(&k.kubeconfig, k.context.as_deref(), k.timeout))
-        .map_err(|e| format!("kubernetes.kubeconfig: {}: {e}", k.kubeconfig.display()))?;
-    Ok((settings, kube))
+    let rt = one_shot_runtime()?;
+    let mut kubes = Vec::with_capacity(settings.clusters.len());
+    for (i, c) in settings.clusters.iter().enumerate() {
+        let key = match (i, c.name.as_str()) {
+            (0, crate::fleet::DEFAULT) => "kubernetes.kubeconfig".to_string(),
+            _ => format!("clusters[{}].kubeconfig", cluster_index(&settings, i)),
+        };
+        kubes.push(
+            rt.block_on(load_config(&c.kubeconfig, c.context.as_deref(), c.timeout))
+                .map_err(|e| format!("{key}: {}: {e}", c.kubeconfig.display()))?,
+        );
+    }
+    Ok((settings, kubes))
+}
+
+/// The position under `[[clusters]]` of the fleet's cluster `i`.
+pub fn cluster_index(settings: &Settings, i: usize) -> usize {
+    let has_default = settings
+        .clusters
+        .first()
+        .is_some_and(|c| c.name == crate::fleet::DEFAULT);
+    i - usize::from(has_default)
 }
 
 pub fn serve(config: &Path, opts: RunOptions) -> Result<(), String> {

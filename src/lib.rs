@@ -2,7 +2,8 @@
 //!
 //! The modules follow one delivery: configuration is loaded once ([`config`]), the edge accepts
 //! TLS and routes the request ([`edge`]), the receiver's verifier checks it ([`verify`]), and the
-//! relay asks the Kubernetes API to reconcile the targets ([`relay`]). In cluster mode, Flux's
+//! relay asks the Kubernetes API to reconcile the targets ([`relay`]), in each cluster of the
+//! fleet that they reach ([`fleet`]). In cluster mode, Flux's
 //! own `Receiver` objects become receivers too ([`cluster`]).
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod dev;
 pub mod edge;
 pub mod expr;
 pub mod fetch;
+pub mod fleet;
 pub mod guard;
 pub mod hook_path;
 pub mod metrics;

@@ -2,9 +2,9 @@
 //! by namespace/name (or "-" for requests that matched none), never by path or delivery id.
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge, register_int_gauge_vec, Encoder, Gauge, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_gauge_vec, register_histogram_vec, register_int_counter,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder, Gauge, GaugeVec,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -29,12 +29,14 @@ pub struct Metrics {
     pub range_refreshes: IntCounterVec,
     /// Fetches of token issuers' signing keys, by source and result.
     pub key_refreshes: IntCounterVec,
-    /// Relay job attempts, by target kind and result (patched, refused, retried, dropped).
+    /// Relay job attempts, by cluster, target kind and result (patched, refused, retried,
+    /// dropped).
     pub relay_jobs: IntCounterVec,
     pub patch_seconds: HistogramVec,
-    pub queue_depth: IntGauge,
-    pub queue_oldest_seconds: Gauge,
-    pub kubernetes_api_up: IntGauge,
+    /// Per cluster, as each cluster has its own queue.
+    pub queue_depth: IntGaugeVec,
+    pub queue_oldest_seconds: GaugeVec,
+    pub kubernetes_api_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     pub last_reload_successful: IntGauge,
@@ -116,26 +118,29 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         relay_jobs: register_int_counter_vec!(
             "fluxgate_relay_jobs_total",
-            "Relay job attempts, by target kind and result (patched, refused, retried, dropped).",
-            &["kind", "result"]
+            "Relay job attempts, by cluster, target kind and result (patched, refused, retried, dropped).",
+            &["cluster", "kind", "result"]
         )?,
         patch_seconds: register_histogram_vec!(
             "fluxgate_relay_patch_duration_seconds",
-            "Time for one reconcile request (a patch, or a list and its patches), by target kind.",
-            &["kind"],
+            "Time for one reconcile request (a patch, or a list and its patches), by cluster and target kind.",
+            &["cluster", "kind"],
             vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
         )?,
-        queue_depth: register_int_gauge!(
+        queue_depth: register_int_gauge_vec!(
             "fluxgate_relay_queue_depth",
-            "Relay jobs waiting for the Kubernetes API."
+            "Relay jobs waiting for the cluster's Kubernetes API.",
+            &["cluster"]
         )?,
-        queue_oldest_seconds: register_gauge!(
+        queue_oldest_seconds: register_gauge_vec!(
             "fluxgate_relay_queue_oldest_job_age_seconds",
-            "Age of the oldest delivery still waiting in the relay queue."
+            "Age of the oldest delivery still waiting in the cluster's relay queue.",
+            &["cluster"]
         )?,
-        kubernetes_api_up: register_int_gauge!(
+        kubernetes_api_up: register_int_gauge_vec!(
             "fluxgate_kubernetes_api_up",
-            "1 when the last check of the Kubernetes API with the configured credentials succeeded."
+            "1 when the last check of the cluster's Kubernetes API with its credentials succeeded.",
+            &["cluster"]
         )?,
         config_reloads: register_int_counter_vec!(
             "fluxgate_config_reloads_total",
@@ -189,9 +194,17 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
+/// What [`init_series`] needs of a receiver: its label, its type, and the (cluster, target
+/// kind) pairs it relays to. Plain data, so metrics depend on nothing above them.
+pub struct ReceiverSeries<'a> {
+    pub label: &'a str,
+    pub kind: &'a str,
+    pub relays: Vec<(&'a str, &'a str)>,
+}
+
 /// Creates, at 0, the series alerts watch for a first increase (refusals, failed reloads,
 /// dropped jobs): a series that appears only at its first event shows no increase to alert on.
-pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_sets: &[&str]) {
+pub fn init_series(receivers: &[ReceiverSeries<'_>], range_sets: &[&str]) {
     let m = get();
     for r in receivers {
         for outcome in [
@@ -204,12 +217,11 @@ pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_
             "rate_limited",
             "body_memory_full",
         ] {
-            m.deliveries
-                .with_label_values(&[r.label.as_str(), r.kind.as_str(), outcome]);
+            m.deliveries.with_label_values(&[r.label, r.kind, outcome]);
         }
-        for t in &r.targets {
+        for (cluster, kind) in &r.relays {
             for result in ["patched", "refused", "retried", "dropped"] {
-                m.relay_jobs.with_label_values(&[t.kind.as_str(), result]);
+                m.relay_jobs.with_label_values(&[cluster, kind, result]);
             }
         }
     }
@@ -227,6 +239,18 @@ pub fn init_series(receivers: &[std::sync::Arc<crate::config::Receiver>], range_
     ] {
         m.connections_refused.with_label_values(&[reason]);
     }
+}
+
+/// Relay jobs waiting, over every cluster's queue.
+pub fn queued_jobs() -> i64 {
+    use prometheus::core::Collector;
+    get()
+        .queue_depth
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_gauge().get_value() as i64)
+        .sum()
 }
 
 /// The default registry in the Prometheus text format.

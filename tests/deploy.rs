@@ -853,3 +853,392 @@ fn kubeconfig_script_says_when_the_secret_is_missing() {
         describe(&o)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// deploy/kubeconfig.sh for a fleet: one kubeconfig per admin context
+
+/// The fleet's admin contexts: two plain names and an EKS-style ARN, whose ':' and '/' cannot
+/// be part of a file name as they are.
+const FLEET: &[&str] = &[
+    "prod-eu",
+    "prod-us",
+    "arn:aws:eks:us-east-1:123456789012:cluster/staging",
+];
+const STAGING_FILE: &str = "arn_aws_eks_us-east-1_123456789012_cluster_staging.kubeconfig";
+
+/// One cluster of a fleet after `kubectl --context X apply -k deploy/`: its own stand-in API
+/// (its own CA), its own admin token and its own service-account token.
+struct FleetCluster {
+    context: &'static str,
+    api: StandIn,
+    admin_token: String,
+    sa_token: String,
+}
+
+fn fleet_cluster(n: usize, context: &'static str, with_secret: bool) -> FleetCluster {
+    let admin_token = format!("admin-token-of-cluster-{n}");
+    // Shaped like a service-account JWT, and different in every cluster.
+    let sa_token = format!("eyJhbGciOiJSUzI1NiJ9.eyJjbHVzdGVyIjoi{n}In0.c2lnbmF0dXJl-{n}");
+    let mut cfg = Config::new()
+        .user(&admin_token, ADMIN_USER)
+        .allow(ADMIN_USER, Rule::new(&["*"], &["*"], &["*"]))
+        .user(&sa_token, SA_USER)
+        .object(git_repository("podinfo", NS));
+    for rule in common::deploy_role_rules("role.yaml", NS) {
+        cfg = cfg.allow(SA_USER, rule);
+    }
+    let api = StandIn::start(cfg).unwrap();
+    if with_secret {
+        let mut secret = token_secret(&api, true);
+        secret["data"]["token"] = json!(b64(sa_token.as_bytes()));
+        api.put_object(secret);
+    }
+    FleetCluster {
+        context,
+        api,
+        admin_token,
+        sa_token,
+    }
+}
+
+/// A workspace whose admin kubeconfig has one context per cluster (the first is current).
+fn fleet_workspace(clusters: &[FleetCluster], kubectl: String) -> Workspace {
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let mut kinds = [String::new(), String::new(), String::new()];
+    for (n, c) in clusters.iter().enumerate() {
+        kinds[0] += &format!(
+            "- name: cluster-{n}\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n",
+            q(&c.api.url()),
+            b64(c.api.ca_pem().as_bytes())
+        );
+        kinds[1] += &format!(
+            "- name: admin-{n}\n  user:\n    token: {}\n",
+            q(&c.admin_token)
+        );
+        kinds[2] += &format!(
+            "- name: {}\n  context:\n    cluster: cluster-{n}\n    user: admin-{n}\n",
+            q(c.context)
+        );
+    }
+    let [clusters_yaml, users, contexts] = kinds;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("admin.kubeconfig"),
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n{clusters_yaml}users:\n{users}\
+             contexts:\n{contexts}current-context: {}\n",
+            q(clusters[0].context)
+        ),
+    )
+    .unwrap();
+    Workspace { dir, kubectl }
+}
+
+/// The kubeconfig the script wrote holds this cluster's server, CA and token, and works with
+/// the real kubectl as the service account in that cluster alone.
+fn assert_kubeconfig_for(ws: &Workspace, file: &Path, c: &FleetCluster, stamp: &str) {
+    assert_eq!(common::mode(file), 0o600, "mode of {}", file.display());
+    let written: Value = serde_saphyr::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let cluster = &written["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], c.api.url(), "{}", c.context);
+    assert_eq!(
+        cluster["certificate-authority-data"],
+        b64(c.api.ca_pem().as_bytes()),
+        "{}",
+        c.context
+    );
+    assert_eq!(written["users"][0]["user"]["token"], c.sa_token.as_str());
+
+    let o = ws.as_fluxgate(
+        file,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{}: whoami: {}",
+        c.context,
+        describe(&o)
+    );
+    assert_eq!(text(&o.stdout).trim(), SA_USER);
+    let patch = format!(
+        r#"{{"metadata":{{"annotations":{{"reconcile.fluxcd.io/requestedAt":"{stamp}"}}}}}}"#
+    );
+    let o = ws.as_fluxgate(
+        file,
+        &[
+            "-n",
+            NS,
+            "patch",
+            "gitrepository",
+            "podinfo",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+    );
+    assert!(o.status.success(), "{}: patch: {}", c.context, describe(&o));
+    assert!(
+        !ws.can_i(file, &["get", "secrets", "-n", NS]),
+        "{}",
+        c.context
+    );
+}
+
+/// The annotation fluxgate's patch leaves on podinfo in this cluster, if any.
+fn requested_at(c: &FleetCluster) -> Value {
+    let repo = c
+        .api
+        .object(
+            "source.toolkit.fluxcd.io/v1",
+            "GitRepository",
+            NS,
+            "podinfo",
+        )
+        .unwrap();
+    repo["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].clone()
+}
+
+fn file_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn assert_no_token_printed(o: &Output, clusters: &[FleetCluster]) {
+    for c in clusters {
+        assert!(
+            !text(&o.stdout).contains(&c.sa_token) && !text(&o.stderr).contains(&c.sa_token),
+            "the token of {} was printed: {}",
+            c.context,
+            describe(o)
+        );
+    }
+}
+
+#[test]
+fn kubeconfig_script_writes_one_kubeconfig_per_context() {
+    let Some(kubectl) = kubectl("kubeconfig_script_writes_one_kubeconfig_per_context") else {
+        return;
+    };
+    let fleet: Vec<FleetCluster> = FLEET
+        .iter()
+        .enumerate()
+        .map(|(n, ctx)| fleet_cluster(n, ctx, true))
+        .collect();
+    let ws = fleet_workspace(&fleet, kubectl);
+    let [eu, us, staging] = &fleet[..] else {
+        unreachable!()
+    };
+
+    // --context repeated: one file per named context, in a directory the script creates
+    // owner-only; the contexts not named are left alone.
+    let o = ws.script(&[
+        "--output-dir",
+        "clusters",
+        "--context",
+        "prod-eu",
+        "--context=prod-us",
+    ]);
+    assert!(o.status.success(), "kubeconfig.sh: {}", describe(&o));
+    assert_no_token_printed(&o, &fleet);
+    let dir = ws.path("clusters");
+    assert_eq!(common::mode(&dir), 0o700, "mode of {}", dir.display());
+    assert_eq!(
+        file_names(&dir),
+        BTreeSet::from(["prod-eu.kubeconfig".into(), "prod-us.kubeconfig".into()]),
+        "files (and no temporaries)"
+    );
+    assert_kubeconfig_for(
+        &ws,
+        &dir.join("prod-eu.kubeconfig"),
+        eu,
+        "2025-01-01T00:00:01Z",
+    );
+    assert_kubeconfig_for(
+        &ws,
+        &dir.join("prod-us.kubeconfig"),
+        us,
+        "2025-01-01T00:00:02Z",
+    );
+    // Each file reached its own cluster, and only that one.
+    assert_eq!(requested_at(eu), "2025-01-01T00:00:01Z");
+    assert_eq!(requested_at(us), "2025-01-01T00:00:02Z");
+    assert_eq!(requested_at(staging), Value::Null);
+
+    // The next step: a [[clusters]] table per file, with a name fluxgate accepts.
+    let stdout = text(&o.stdout);
+    let abs = dir.canonicalize().unwrap();
+    for name in ["prod-eu", "prod-us"] {
+        assert!(
+            stdout.contains(&format!(
+                "  [[clusters]]\n  name = \"{name}\"\n  kubeconfig = \"{}/{name}.kubeconfig\"\n",
+                abs.display()
+            )),
+            "no [[clusters]] table for {name}: {stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("from context '{name}'")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("fluxgate check --config"), "{stdout}");
+
+    // --all-contexts: every context of the admin kubeconfig, the ARN as a safe file name and
+    // a DNS-label cluster name.
+    let o = ws.script(&["--all-contexts", "--output-dir=all"]);
+    assert!(o.status.success(), "--all-contexts: {}", describe(&o));
+    assert_no_token_printed(&o, &fleet);
+    let all = ws.path("all");
+    assert_eq!(
+        file_names(&all),
+        BTreeSet::from([
+            "prod-eu.kubeconfig".into(),
+            "prod-us.kubeconfig".into(),
+            STAGING_FILE.into()
+        ])
+    );
+    assert_kubeconfig_for(
+        &ws,
+        &all.join(STAGING_FILE),
+        staging,
+        "2025-01-01T00:00:03Z",
+    );
+    assert_eq!(requested_at(staging), "2025-01-01T00:00:03Z");
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("name = \"arn-aws-eks-us-east-1-123456789012-cluster-staging\""),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("  [[clusters]]\n").count(), 3, "{stdout}");
+
+    // One --context and no --output-dir is today's single-cluster use: ./fluxgate.kubeconfig.
+    let o = ws.script(&["--context", "prod-us"]);
+    assert!(o.status.success(), "single context: {}", describe(&o));
+    assert!(text(&o.stdout).contains("[kubernetes]"), "{}", describe(&o));
+    assert!(
+        !text(&o.stdout).contains("[[clusters]]"),
+        "{}",
+        describe(&o)
+    );
+    assert_kubeconfig_for(
+        &ws,
+        &ws.path("fluxgate.kubeconfig"),
+        us,
+        "2025-01-01T00:00:04Z",
+    );
+}
+
+#[test]
+fn kubeconfig_script_per_context_failures_and_options() {
+    let Some(kubectl) = kubectl("kubeconfig_script_per_context_failures_and_options") else {
+        return;
+    };
+    // prod-us has no token Secret yet (deploy/ not applied there), staging is down.
+    let fleet: Vec<FleetCluster> = FLEET
+        .iter()
+        .enumerate()
+        .map(|(n, ctx)| fleet_cluster(n, ctx, n != 1))
+        .collect();
+    fleet[2].api.set_down(true);
+    let ws = fleet_workspace(&fleet, kubectl);
+
+    // The others are still written; each failing context is named with its reason, and the
+    // script exits 1.
+    let started = Instant::now();
+    let o = ws.script(&["--all-contexts", "--output-dir", "out", "--wait", "0"]);
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    assert_no_token_printed(&o, &fleet);
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("context prod-us: Secret flux-system/fluxgate-token not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("context {}: cannot read Secret", FLEET[2])),
+        "{stderr}"
+    );
+    // In kubectl's order (by name).
+    assert!(
+        stderr.contains(&format!(
+            "no kubeconfig written for context(s) {}, prod-us",
+            FLEET[2]
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        file_names(&ws.path("out")),
+        BTreeSet::from(["prod-eu.kubeconfig".into()])
+    );
+    assert_kubeconfig_for(
+        &ws,
+        &ws.path("out/prod-eu.kubeconfig"),
+        &fleet[0],
+        "2025-01-01T00:00:05Z",
+    );
+    let stdout = text(&o.stdout);
+    assert_eq!(stdout.matches("  [[clusters]]\n").count(), 1, "{stdout}");
+    assert!(stdout.contains("name = \"prod-eu\""), "{stdout}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+
+    // Options that cannot mean anything with several contexts say so, before touching any
+    // cluster.
+    for (args, why) in [
+        (
+            &[
+                "--context",
+                "prod-eu",
+                "--context",
+                "prod-us",
+                "--output",
+                "x",
+            ][..],
+            "--output names one file",
+        ),
+        (
+            &[
+                "--context",
+                "prod-eu",
+                "--context",
+                "prod-us",
+                "--server",
+                "https://10.0.0.1",
+            ][..],
+            "--server is one cluster's address",
+        ),
+        (
+            &["--all-contexts", "--context", "prod-eu"][..],
+            "exclude each other",
+        ),
+        (
+            &["--context", "prod-eu", "--context", "prod-eu"][..],
+            "--context prod-eu is given twice",
+        ),
+        (
+            &["--context", "a/b", "--context", "a:b"][..],
+            "same file name a_b.kubeconfig",
+        ),
+    ] {
+        let o = ws.script(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", describe(&o));
+        assert!(text(&o.stderr).contains(why), "{args:?}: {}", describe(&o));
+        assert!(!ws.path("x").exists());
+    }
+
+    // A context the admin kubeconfig does not have is named.
+    let o = ws.script(&["--output-dir", "none", "--context", "prod-ap"]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let stderr = text(&o.stderr);
+    assert!(
+        stderr.contains("context prod-ap: cannot read the API server URL"),
+        "{stderr}"
+    );
+    assert!(file_names(&ws.path("none")).is_empty());
+}

@@ -17,6 +17,7 @@ mod connection_cap;
 mod defences;
 mod deploy;
 mod filters;
+mod fleet;
 mod forward;
 mod gateway;
 mod loadtest;

@@ -2,7 +2,8 @@
 //! rules parse, have the structure Grafana and Prometheus expect, and use only metrics (and label
 //! values) that fluxgate exports. Where `promtool` is on PATH, the rules and every dashboard
 //! query also pass `promtool check rules`, and `promtool test rules` checks that each alert fires
-//! when it should and stays quiet when it should not.
+//! when it should and stays quiet when it should not, for one cluster and for a fleet, and that
+//! the dashboard's cluster filter matches series with and without a `cluster` label.
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,12 +89,24 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
 const REQUIRED_ALERTS: &[(&str, &[&str])] = &[
     ("FluxgateDown", &["critical"]),
     ("FluxgateKubernetesApiDown", &["critical"]),
+    ("FluxgateClusterUnreachable", &["critical"]),
     ("FluxgateDeliveriesFailing", &["warning"]),
     ("FluxgateBadSignatureBurst", &["warning"]),
     ("FluxgateRelayQueueGrowing", &["warning"]),
     ("FluxgateRelayQueueStalled", &["warning", "critical"]),
     ("FluxgateConfigReloadFailed", &["warning"]),
     ("FluxgateCertificateExpiring", &["warning", "critical"]),
+];
+
+/// The metrics with a `cluster` label: one series per Kubernetes cluster fluxgate relays to.
+/// A fluxgate without clusters may export them without it, so every dashboard query of them
+/// filters with `cluster=~"$cluster"`, whose All (`.*`) also matches a missing label.
+const CLUSTERED: &[&str] = &[
+    "fluxgate_relay_jobs_total",
+    "fluxgate_relay_patch_duration_seconds",
+    "fluxgate_relay_queue_depth",
+    "fluxgate_relay_queue_oldest_job_age_seconds",
+    "fluxgate_kubernetes_api_up",
 ];
 
 /// Grafana's own variables, which need no definition in the dashboard.
@@ -180,6 +193,31 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         i = end;
     }
     names
+}
+
+/// Each `fluxgate_*` selector in a PromQL expression: the series name and its label matchers
+/// (the text between the braces, empty for a bare name).
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let bytes = expr.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("fluxgate_") {
+        let start = i + at;
+        let mut end = start;
+        while end < bytes.len() && is_name_char(bytes[end]) {
+            end += 1;
+        }
+        i = end;
+        if start > 0 && is_name_char(bytes[start - 1]) {
+            continue;
+        }
+        let matchers = match expr[end..].strip_prefix('{') {
+            Some(rest) => rest[..rest.find('}').unwrap_or(rest.len())].to_string(),
+            None => String::new(),
+        };
+        found.push((expr[start..end].to_string(), matchers));
+    }
+    found
 }
 
 /// The exported metric a series name belongs to, if any.
@@ -293,6 +331,18 @@ fn durations_and_scanners_work_as_the_checks_assume() {
         ),
         ["relayed", "queued", "ping"]
     );
+    assert_eq!(
+        selectors(
+            r#"sum(fluxgate_relay_queue_depth{a="1", b=~"$b"}) / fluxgate_kubernetes_api_up"#
+        ),
+        [
+            (
+                "fluxgate_relay_queue_depth".to_string(),
+                r#"a="1", b=~"$b""#.to_string()
+            ),
+            ("fluxgate_kubernetes_api_up".to_string(), String::new())
+        ]
+    );
 }
 
 #[test]
@@ -385,6 +435,77 @@ fn dashboard_has_the_structure_grafana_imports() {
         }
     }
     assert!(graphs >= 10, "only {graphs} panels with queries");
+}
+
+/// The panels' queries, as (panel title, refId, expr).
+fn panel_queries(d: &Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap_or_default().to_string(),
+                t["refId"].as_str().unwrap_or_default().to_string(),
+                t["expr"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboard_follows_the_cluster_variable_and_has_a_per_cluster_panel() {
+    let d = dashboard();
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    let cluster = vars
+        .iter()
+        .find(|v| v["name"] == "cluster")
+        .expect("a `cluster` variable");
+    let mut queries = Vec::new();
+    dashboard_queries(cluster, &mut queries);
+    assert!(
+        !queries.is_empty()
+            && queries
+                .iter()
+                .all(|q| q.starts_with("label_values(fluxgate_kubernetes_api_up")
+                    && q.ends_with(", cluster)")),
+        "cluster variable queries: {queries:?}"
+    );
+    assert_eq!(cluster["type"], "query");
+    assert_eq!(cluster["multi"], true);
+    // Grafana's own All is a regex of the values found, and a fluxgate without clusters
+    // exports none: `.*` matches every series, with or without the label.
+    assert_eq!(cluster["includeAll"], true);
+    assert_eq!(cluster["allValue"], ".*");
+
+    // Every query of a per-cluster metric follows the variable (and the instance).
+    let mut per_cluster = BTreeSet::new();
+    for (title, r, expr) in panel_queries(&d) {
+        for (name, matchers) in selectors(&expr) {
+            let Some(metric) = exported(&name).filter(|m| CLUSTERED.contains(m)) else {
+                continue;
+            };
+            for wanted in [r#"cluster=~"$cluster""#, r#"instance=~"$instance""#] {
+                assert!(
+                    matchers.contains(wanted),
+                    "{title} {r}: {name}{{{matchers}}} lacks {wanted}"
+                );
+            }
+            if expr.contains("by (cluster") {
+                per_cluster.insert(metric);
+            }
+        }
+    }
+    // Per cluster: whether its API answers, its queue, its patches and refusals.
+    for metric in [
+        "fluxgate_kubernetes_api_up",
+        "fluxgate_relay_queue_depth",
+        "fluxgate_relay_jobs_total",
+    ] {
+        assert!(
+            per_cluster.contains(metric),
+            "no panel shows {metric} by cluster"
+        );
+    }
 }
 
 #[test]
@@ -519,8 +640,9 @@ tests:
     input_series:
       - series: 'up{job="fluxgate",instance="a"}'
         values: '1x4 0x10'
+      # A fluxgate without clusters: no cluster label.
       - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="a"}'
-        values: '1x4 0x10'
+        values: '1x4 0x20'
     alert_rule_test:
       - {eval_time: 6m, alertname: FluxgateDown}
       - {eval_time: 6m, alertname: FluxgateKubernetesApiDown}
@@ -530,6 +652,47 @@ tests:
       - eval_time: 10m
         alertname: FluxgateKubernetesApiDown
         exp_alerts: [{exp_labels: {severity: critical, job: fluxgate, instance: a}}]
+      # One cluster is all its clusters: FluxgateKubernetesApiDown says it, not this.
+      - {eval_time: 20m, alertname: FluxgateClusterUnreachable}
+  - name: fleet
+    interval: 1m
+    input_series:
+      # A fleet: prod-eu up, prod-us down from minute 5 on, prod-ap down for 6 minutes only.
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="fleet",cluster="prod-eu"}'
+        values: '1x30'
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="fleet",cluster="prod-us"}'
+        values: '1x4 0x26'
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="fleet",cluster="prod-ap"}'
+        values: '1x4 0x5 1x21'
+      # A fleet whose clusters all go away at minute 5: fluxgate's own network.
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="cut",cluster="eu"}'
+        values: '1x4 0x26'
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="cut",cluster="us"}'
+        values: '1x4 0x26'
+      # A single cluster that carries a cluster label (the one called "default").
+      - series: 'fluxgate_kubernetes_api_up{job="fluxgate",instance="solo",cluster="default"}'
+        values: '1x4 0x26'
+    alert_rule_test:
+      # One cluster of a fleet down is no reason to page within 2 minutes; all of them is.
+      - eval_time: 8m
+        alertname: FluxgateKubernetesApiDown
+        exp_alerts:
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: eu}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: us}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: solo, cluster: default}}
+      - {eval_time: 14m, alertname: FluxgateClusterUnreachable}
+      - eval_time: 16m
+        alertname: FluxgateClusterUnreachable
+        exp_alerts:
+          - {exp_labels: {severity: critical, job: fluxgate, instance: fleet, cluster: prod-us}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: eu}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: us}}
+      - eval_time: 29m
+        alertname: FluxgateKubernetesApiDown
+        exp_alerts:
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: eu}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: cut, cluster: us}}
+          - {exp_labels: {severity: critical, job: fluxgate, instance: solo, cluster: default}}
   - name: deliveries
     interval: 1m
     input_series:
@@ -577,6 +740,14 @@ tests:
         values: '0x30 1x10'
       - series: 'fluxgate_relay_jobs_total{instance="stuck",kind="GitRepository",result="patched"}'
         values: '0+5x40'
+      - series: 'fluxgate_relay_queue_oldest_job_age_seconds{instance="fleet",cluster="prod-us"}'
+        values: '0x5 0+60x40'
+      - series: 'fluxgate_relay_queue_oldest_job_age_seconds{instance="fleet",cluster="prod-eu"}'
+        values: '0x45'
+      - series: 'fluxgate_relay_jobs_total{instance="fleet",cluster="prod-us",kind="Kustomization",result="refused"}'
+        values: '0x30 1x10'
+      - series: 'fluxgate_relay_jobs_total{instance="fleet",cluster="prod-eu",kind="Kustomization",result="patched"}'
+        values: '0+5x40'
     alert_rule_test:
       - {eval_time: 12m, alertname: FluxgateRelayQueueGrowing}
       - eval_time: 25m
@@ -585,16 +756,22 @@ tests:
       - {eval_time: 11m, alertname: FluxgateRelayQueueStalled}
       - eval_time: 15m
         alertname: FluxgateRelayQueueStalled
-        exp_alerts: [{exp_labels: {severity: warning, instance: stuck}}]
+        exp_alerts:
+          - {exp_labels: {severity: warning, instance: stuck}}
+          - {exp_labels: {severity: warning, instance: fleet, cluster: prod-us}}
       - eval_time: 40m
         alertname: FluxgateRelayQueueStalled
         exp_alerts:
           - {exp_labels: {severity: warning, instance: stuck}}
           - {exp_labels: {severity: critical, instance: stuck}}
+          - {exp_labels: {severity: warning, instance: fleet, cluster: prod-us}}
+          - {exp_labels: {severity: critical, instance: fleet, cluster: prod-us}}
       - {eval_time: 25m, alertname: FluxgateRelayJobsLost}
       - eval_time: 35m
         alertname: FluxgateRelayJobsLost
-        exp_alerts: [{exp_labels: {severity: warning, instance: stuck, kind: GitRepository, result: dropped}}]
+        exp_alerts:
+          - {exp_labels: {severity: warning, instance: stuck, kind: GitRepository, result: dropped}}
+          - {exp_labels: {severity: warning, instance: fleet, cluster: prod-us, kind: Kustomization, result: refused}}
   - name: configuration
     interval: 1m
     input_series:
@@ -699,6 +876,7 @@ fn promtool_accepts_the_rules_and_they_fire_as_intended() {
                 ("$__interval", "1m"),
                 ("$__range", "6h"),
                 ("$instance", ".*"),
+                ("$cluster", ".*"),
                 ("$receiver", ".*"),
             ] {
                 expr = expr.replace(var, value);
@@ -738,4 +916,90 @@ fn promtool_accepts_the_rules_and_they_fire_as_intended() {
     let unit = dir.path().join("tests.yaml");
     std::fs::write(&unit, PROMTOOL_TESTS).expect("write tests.yaml");
     run(Command::new(&promtool).arg("test").arg("rules").arg(&unit));
+}
+
+/// The expression of a dashboard panel's target, with the variables as Grafana fills them in.
+fn panel_expr(d: &Value, title: &str, ref_id: &str, cluster: &str) -> String {
+    let (_, _, expr) = panel_queries(d)
+        .into_iter()
+        .find(|(t, r, _)| t == title && r == ref_id)
+        .unwrap_or_else(|| panic!("no panel {title:?} with a target {ref_id}"));
+    expr.replace("$instance", ".*").replace("$cluster", cluster)
+}
+
+#[test]
+fn promtool_dashboard_queries_match_with_and_without_a_cluster_label() {
+    let Some(promtool) = promtool() else {
+        println!("promtool is not on PATH: skipping the dashboard's query tests");
+        return;
+    };
+    let d = dashboard();
+    // A fluxgate without clusters (no label) and a fleet of two, one of them down.
+    let input = json!([
+        {"series": r#"fluxgate_kubernetes_api_up{instance="old"}"#, "values": "1x5"},
+        {"series": r#"fluxgate_kubernetes_api_up{instance="fleet",cluster="prod-eu"}"#, "values": "1x5"},
+        {"series": r#"fluxgate_kubernetes_api_up{instance="fleet",cluster="prod-us"}"#, "values": "0x5"},
+        {"series": r#"fluxgate_relay_queue_depth{instance="old"}"#, "values": "2x5"},
+        {"series": r#"fluxgate_relay_queue_depth{instance="fleet",cluster="prod-eu"}"#, "values": "0x5"},
+        {"series": r#"fluxgate_relay_queue_depth{instance="fleet",cluster="prod-us"}"#, "values": "5x5"},
+    ]);
+    let sample = |labels: &str, value: f64| json!({"labels": labels, "value": value});
+    let case = |expr: String, samples: Vec<Value>| json!({"expr": expr, "eval_time": "3m", "exp_samples": samples});
+    let all = ".*";
+    let cases = vec![
+        // All: the unlabelled series counts with the fleet's.
+        case(
+            panel_expr(&d, "Queue depth", "A", all),
+            vec![sample("{}", 7.0)],
+        ),
+        case(
+            panel_expr(&d, "Kubernetes API", "A", all),
+            vec![
+                sample(r#"fluxgate_kubernetes_api_up{instance="old"}"#, 1.0),
+                sample(
+                    r#"fluxgate_kubernetes_api_up{instance="fleet",cluster="prod-eu"}"#,
+                    1.0,
+                ),
+                sample(
+                    r#"fluxgate_kubernetes_api_up{instance="fleet",cluster="prod-us"}"#,
+                    0.0,
+                ),
+            ],
+        ),
+        // The per-cluster table calls the unlabelled cluster "default", as fluxgate does.
+        case(
+            panel_expr(&d, "Clusters", "A", all),
+            vec![
+                sample(r#"{cluster="default"}"#, 1.0),
+                sample(r#"{cluster="prod-eu"}"#, 1.0),
+                sample(r#"{cluster="prod-us"}"#, 0.0),
+            ],
+        ),
+        case(
+            panel_expr(&d, "Clusters", "B", all),
+            vec![
+                sample(r#"{cluster="default"}"#, 2.0),
+                sample(r#"{cluster="prod-eu"}"#, 0.0),
+                sample(r#"{cluster="prod-us"}"#, 5.0),
+            ],
+        ),
+        // One cluster chosen: only its series.
+        case(
+            panel_expr(&d, "Queue depth", "A", "prod-us"),
+            vec![sample("{}", 5.0)],
+        ),
+        case(
+            panel_expr(&d, "Kubernetes API per cluster", "A", "prod-us"),
+            vec![sample(r#"{cluster="prod-us"}"#, 0.0)],
+        ),
+    ];
+    let doc = json!({
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": input, "promql_expr_test": cases}],
+    });
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = dir.path().join("dashboard-tests.yaml");
+    std::fs::write(&file, doc.to_string()).expect("write dashboard-tests.yaml");
+    run(Command::new(&promtool).arg("test").arg("rules").arg(&file));
 }

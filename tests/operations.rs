@@ -133,15 +133,23 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         "counter",
         &["result", "set"],
     ),
-    ("fluxgate_relay_jobs_total", "counter", &["kind", "result"]),
+    (
+        "fluxgate_relay_jobs_total",
+        "counter",
+        &["cluster", "kind", "result"],
+    ),
     (
         "fluxgate_relay_patch_duration_seconds",
         "histogram",
-        &["kind"],
+        &["cluster", "kind"],
     ),
-    ("fluxgate_relay_queue_depth", "gauge", &[]),
-    ("fluxgate_relay_queue_oldest_job_age_seconds", "gauge", &[]),
-    ("fluxgate_kubernetes_api_up", "gauge", &[]),
+    ("fluxgate_relay_queue_depth", "gauge", &["cluster"]),
+    (
+        "fluxgate_relay_queue_oldest_job_age_seconds",
+        "gauge",
+        &["cluster"],
+    ),
+    ("fluxgate_kubernetes_api_up", "gauge", &["cluster"]),
     ("fluxgate_config_reloads_total", "counter", &["result"]),
     (
         "fluxgate_config_last_reload_success_timestamp_seconds",
@@ -154,6 +162,9 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
         &[],
     ),
 ];
+
+/// The relay series of a configuration without `[[clusters]]`.
+const DEFAULT_CLUSTER: [(&str, &str); 1] = [("cluster", "default")];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
@@ -192,7 +203,13 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     let outcome = |receiver: &'static str, ty: &'static str, outcome: &'static str| {
         [("receiver", receiver), ("type", ty), ("outcome", outcome)]
     };
-    let git = |result: &'static str| [("kind", "GitRepository"), ("result", result)];
+    let git = |result: &'static str| {
+        [
+            ("cluster", "default"),
+            ("kind", "GitRepository"),
+            ("result", result),
+        ]
+    };
 
     // At start: the build, the served certificate, and the API seen up.
     let m0 = gw.scrape();
@@ -216,7 +233,12 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
         &gw,
         "fluxgate_kubernetes_api_up = 1 with the API reachable",
         Duration::from_secs(7),
-        || (gw.scrape().get("fluxgate_kubernetes_api_up", &[]) == Some(1.0)).then_some(()),
+        || {
+            (gw.scrape()
+                .get("fluxgate_kubernetes_api_up", &DEFAULT_CLUSTER)
+                == Some(1.0))
+            .then_some(())
+        },
     )
     .await;
 
@@ -224,7 +246,7 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     let (st, text) = push(&gw, &pa, "metrics-secret-a").await;
     assert_eq!(st, 200, "{text}");
     let recv_a = [("receiver", "flux-system/a")];
-    let kind_git = [("kind", "GitRepository")];
+    let kind_git = [("cluster", "default"), ("kind", "GitRepository")];
     let m1 = scrape_until(&gw, |m| {
         m.value("fluxgate_deliveries_total", &ra) > m0.value("fluxgate_deliveries_total", &ra)
             && m.histogram_count("fluxgate_request_duration_seconds", &recv_a)
@@ -299,7 +321,11 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
     let (st, text) = push(&gw, &pc, "metrics-secret-c").await;
     assert_eq!(st, 502, "{text}");
     let refused = outcome("flux-system/c", "github", "relay_refused");
-    let ks_refused = [("kind", "Kustomization"), ("result", "refused")];
+    let ks_refused = [
+        ("cluster", "default"),
+        ("kind", "Kustomization"),
+        ("result", "refused"),
+    ];
     let m3 = scrape_until(&gw, |m| {
         m.value("fluxgate_deliveries_total", &refused)
             > m2.value("fluxgate_deliveries_total", &refused)
@@ -451,8 +477,11 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
         Duration::from_secs(5),
         || {
             let m = gw.scrape();
-            (m.value("fluxgate_relay_queue_depth", &[]) >= 1.0
-                && m.value("fluxgate_relay_queue_oldest_job_age_seconds", &[]) > 0.0
+            (m.value("fluxgate_relay_queue_depth", &DEFAULT_CLUSTER) >= 1.0
+                && m.value(
+                    "fluxgate_relay_queue_oldest_job_age_seconds",
+                    &DEFAULT_CLUSTER,
+                ) > 0.0
                 && m.value("fluxgate_relay_jobs_total", &git("retried"))
                     > m4.value("fluxgate_relay_jobs_total", &git("retried")))
             .then_some(())
@@ -466,8 +495,11 @@ async fn every_metric_is_exported_with_its_type_and_moves_with_its_event() {
         Duration::from_secs(8),
         || {
             let m = gw.scrape();
-            (m.value("fluxgate_relay_queue_depth", &[]) == 0.0
-                && m.value("fluxgate_relay_queue_oldest_job_age_seconds", &[]) == 0.0
+            (m.value("fluxgate_relay_queue_depth", &DEFAULT_CLUSTER) == 0.0
+                && m.value(
+                    "fluxgate_relay_queue_oldest_job_age_seconds",
+                    &DEFAULT_CLUSTER,
+                ) == 0.0
                 && m.value("fluxgate_relay_jobs_total", &git("patched"))
                     > m5.value("fluxgate_relay_jobs_total", &git("patched")))
             .then_some(())
@@ -531,7 +563,10 @@ async fn readyz_and_the_api_gauge_follow_the_api_server() {
     let s = Setup::new();
     let a = github(&s, "a", "ready-secret", APP);
     let gw = s.receiver(&a).start();
-    let api_up = |gw: &Gateway| gw.scrape().get("fluxgate_kubernetes_api_up", &[]);
+    let api_up = |gw: &Gateway| {
+        gw.scrape()
+            .get("fluxgate_kubernetes_api_up", &DEFAULT_CLUSTER)
+    };
 
     assert_eq!(
         http_get(gw.admin, "/healthz").map(|(s, b)| (s, b.trim().to_string())),

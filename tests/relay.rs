@@ -512,8 +512,10 @@ async fn permanent_refusals_are_answered_502_logged_counted_and_never_retried() 
         ),
     );
     let gw = s.receiver(&r).start();
-    let git_refused = "fluxgate_relay_jobs_total{kind=\"GitRepository\",result=\"refused\"}";
-    let ks_refused = "fluxgate_relay_jobs_total{kind=\"Kustomization\",result=\"refused\"}";
+    let git_refused =
+        "fluxgate_relay_jobs_total{cluster=\"default\",kind=\"GitRepository\",result=\"refused\"}";
+    let ks_refused =
+        "fluxgate_relay_jobs_total{cluster=\"default\",kind=\"Kustomization\",result=\"refused\"}";
     let (git_before, ks_before) = (gw.metric(git_refused), gw.metric(ks_refused));
 
     let reply = Sender::new(&gw, "refused", "refused-secret", false)

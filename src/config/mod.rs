@@ -5,6 +5,7 @@
 mod acme;
 mod cluster;
 mod defences;
+mod fleet;
 mod receivers;
 mod relay;
 
@@ -14,6 +15,7 @@ pub use receivers::{from_token, RawReceiver, Receiver, Rules};
 pub use relay::RelaySettings;
 
 use crate::edge::tls::CertifiedKey;
+use crate::fleet::ClusterSpec;
 use crate::guard::cidr::IpSet;
 use crate::guard::ranges::RangeSets;
 use serde::Deserialize;
@@ -42,6 +44,8 @@ struct RawConfig {
     ranges: HashMap<String, defences::RawRange>,
     #[serde(default)]
     cluster: cluster::RawCluster,
+    #[serde(default)]
+    clusters: Vec<fleet::RawCluster>,
     #[serde(default)]
     receivers: Vec<receivers::RawReceiver>,
 }
@@ -88,6 +92,9 @@ pub struct Settings {
     /// Named range sets in use, refreshed in the background when they have a source.
     pub ranges: RangeSets,
     pub receivers: Vec<Arc<Receiver>>,
+    /// The fleet: `default` (`[kubernetes]`) first when configured, then `[[clusters]]`.
+    /// Receivers' targets reach clusters by their position here.
+    pub clusters: Vec<ClusterSpec>,
     pub cluster: ClusterSettings,
     /// Things that work but are probably not what was meant.
     pub warnings: Vec<String>,
@@ -124,6 +131,8 @@ pub struct ServerSettings {
     pub watch_interval: Duration,
 }
 
+/// The home cluster, which cluster mode and forward mode use: `[kubernetes]`, or without it
+/// the first of `[[clusters]]`.
 #[derive(Debug)]
 pub struct KubernetesSettings {
     pub kubeconfig: PathBuf,
@@ -213,6 +222,9 @@ impl Settings {
             || self.kubernetes.timeout != new.kubernetes.timeout
         {
             d.push("kubernetes");
+        }
+        if self.clusters != new.clusters {
+            d.push("clusters");
         }
         if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
             d.push("relay");
@@ -416,12 +428,17 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     };
 
     let k = raw.kubernetes;
-    let kubeconfig = required_path(
-        "kubernetes.kubeconfig",
-        k.kubeconfig,
-        "the service account's kubeconfig (see deploy/)",
-        &mut p,
-    );
+    // With [[clusters]], [kubernetes] (the cluster named default) is optional.
+    let kubeconfig = if raw.clusters.is_empty() {
+        required_path(
+            "kubernetes.kubeconfig",
+            k.kubeconfig,
+            "the service account's kubeconfig (see deploy/)",
+            &mut p,
+        )
+    } else {
+        k.kubeconfig
+    };
     if let Some(w) = kubeconfig
         .as_deref()
         .and_then(crate::secret::loose_permissions)
@@ -435,6 +452,14 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         &mut p,
     );
     let no_cross_namespace_refs = k.no_cross_namespace_refs.unwrap_or(false);
+    let default_cluster = kubeconfig.clone().map(|kubeconfig| ClusterSpec {
+        name: crate::fleet::DEFAULT.to_string(),
+        labels: Default::default(),
+        kubeconfig,
+        context: k.context.clone(),
+        timeout: kube_timeout,
+    });
+    let clusters = fleet::clusters(default_cluster, raw.clusters, &mut p, &mut warnings);
 
     // Within Kubernetes' default termination grace (30 s) and systemd's stop timeout (90 s).
     let grace_period = duration(
@@ -485,10 +510,14 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     for (i, r) in raw.receivers.into_iter().enumerate() {
         let key = format!("receivers[{i}]");
         let id = u32::try_from(i).unwrap_or(u32::MAX);
-        let Some(rec) = receivers::receiver(id, &key, r, rules, &mut ranges, &mut p, &mut warnings)
+        let Some(mut rec) =
+            receivers::receiver(id, &key, r, rules, &mut ranges, &mut p, &mut warnings)
         else {
             continue;
         };
+        if !place(&mut rec, &clusters, &mut p) {
+            continue;
+        }
         if let Some(j) = seen_names.insert((rec.namespace.clone(), rec.name.clone()), i) {
             p.add(
                 &key,
@@ -515,9 +544,9 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         listen,
         admin_listen,
         certified_key.is_some() || acme.is_some(),
-        kubeconfig,
+        clusters.first().cloned(),
     ) {
-        (true, Some(listen), Some(admin_listen), true, Some(kubeconfig)) => {
+        (true, Some(listen), Some(admin_listen), true, Some(home)) => {
             if listen == admin_listen {
                 return Err(ConfigError::one(
                     "server.admin_listen",
@@ -545,11 +574,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     watch_interval,
                 },
                 kubernetes: KubernetesSettings {
-                    kubeconfig,
-                    context: k.context,
-                    timeout: kube_timeout,
+                    kubeconfig: home.kubeconfig.clone(),
+                    context: home.context.clone(),
+                    timeout: home.timeout,
                     no_cross_namespace_refs,
                 },
+                clusters,
                 relay,
                 limits,
                 ranges,
@@ -560,6 +590,30 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         }
         _ => Err(ConfigError(p.0)),
     }
+}
+
+/// Resolves each target's clusters against the fleet; false, with the problems added under
+/// the keys that chose them, when one picks an unknown cluster or none.
+fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool {
+    let mut ok = true;
+    let mut reach = Vec::with_capacity(rec.placements.len());
+    for pl in &rec.placements {
+        match pl.selector.resolve(clusters) {
+            Ok(ids) => reach.push(ids.into()),
+            Err(e) => {
+                p.add(&pl.key, e);
+                ok = false;
+            }
+        }
+    }
+    let default = clusters
+        .iter()
+        .position(|c| c.name == crate::fleet::DEFAULT);
+    rec.per_cluster = reach
+        .iter()
+        .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
+    rec.reach = reach;
+    ok
 }
 
 /// Where `serve -u` waits for the listening sockets unless `server.upgrade_sock` says: in

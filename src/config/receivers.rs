@@ -3,6 +3,7 @@
 use super::defences::allow_list;
 use super::{duration_or_off, Problems};
 use crate::expr::{Expr, Scope};
+use crate::fleet::{ClusterId, ClusterSelector, Placement};
 use crate::guard::allow::AllowList;
 use crate::guard::ranges::RangeSets;
 use crate::hook_path::flux_hook_path;
@@ -13,6 +14,7 @@ use crate::verify::oidc::ProviderSpec;
 use crate::verify::{ReceiverType, TypeOptions, Verifier};
 use http::HeaderMap;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,6 +72,10 @@ pub struct RawReceiver {
     #[serde(default)]
     oidc_providers: Vec<ProviderSpec>,
     forward: Option<ForwardSpec>,
+    /// The clusters its resources reach by default: names, or `["*"]` for all.
+    clusters: Option<Vec<String>>,
+    /// Or the clusters whose labels include all of these.
+    cluster_selector: Option<BTreeMap<String, String>>,
     /// The largest body accepted; for body-keeping receivers [`DEFAULT_KEPT_BODY_BYTES`] unless set.
     max_body_bytes: Option<u64>,
 }
@@ -106,6 +112,14 @@ pub struct Receiver {
     pub forward: Option<ForwardSpec>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
+    /// Per target, in order: the selector that picks its clusters, and the key it came from.
+    pub placements: Vec<Placement>,
+    /// Per target, in order: the clusters it reaches, resolved at load time against the
+    /// fleet. Cluster mode's receivers reach the home cluster.
+    pub reach: Vec<Arc<[ClusterId]>>,
+    /// Whether a target reaches a cluster other than `default` alone: answers then list
+    /// what happened per cluster.
+    pub per_cluster: bool,
     /// `None`: every address may deliver.
     pub allow: Option<AllowList>,
     /// How long an accepted delivery id is remembered; zero turns deduplication off.
@@ -323,7 +337,35 @@ fn build(
         .and_then(|f| p.take(&format!("{key}.resource_filter"), Expr::compile(f, scope)));
     let mut targets = Vec::new();
     let mut filters = Vec::new();
+    let mut placements = Vec::new();
+    let own = ClusterSelector::from_keys(key, r.clusters.as_deref(), r.cluster_selector.as_ref())
+        .map_err(|(k, why)| p.add(k, why))
+        .ok()
+        .flatten();
+    let default_placement = match own {
+        Some(selector) => Placement {
+            key: format!("{key}.clusters"),
+            selector,
+        },
+        None => Placement {
+            key: format!("{key}.clusters"),
+            selector: ClusterSelector::default(),
+        },
+    };
     for (j, spec) in r.resources.iter().enumerate() {
+        let rkey = format!("{key}.resources[{j}]");
+        match ClusterSelector::from_keys(
+            &rkey,
+            spec.clusters.as_deref(),
+            spec.cluster_selector.as_ref(),
+        ) {
+            Ok(Some(selector)) => placements.push(Placement {
+                key: format!("{rkey}.clusters"),
+                selector,
+            }),
+            Ok(None) => placements.push(default_placement.clone()),
+            Err((k, why)) => p.add(k, why),
+        }
         match Target::resolve(spec, &r.namespace) {
             // As Flux's --no-cross-namespace-refs, but found at load time rather than failing
             // every delivery with a 500.
@@ -436,6 +478,10 @@ fn build(
         namespace: r.namespace,
         kind,
         target_names: targets.iter().map(|t| t.to_string()).collect(),
+        // Until the configuration resolves the placements: the home cluster.
+        reach: targets.iter().map(|_| Arc::from(vec![0])).collect(),
+        per_cluster: false,
+        placements,
         targets,
         allow,
         replay_window,

@@ -1,7 +1,7 @@
 //! The `[relay]` section: the queue between verified deliveries and the Kubernetes API.
 
 use super::{duration, duration_or_off, Problems};
-use crate::relay::queue::QueueSettings;
+use crate::relay::QueueSettings;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -36,8 +36,7 @@ pub fn exit_when_idle(
     durable_queue: bool,
 ) {
     let idle = move || {
-        IN_FLIGHT.load(Ordering::SeqCst) == 0
-            && (durable_queue || metrics::get().queue_depth.get() <= 0)
+        IN_FLIGHT.load(Ordering::SeqCst) == 0 && (durable_queue || metrics::queued_jobs() <= 0)
     };
     let spawned = std::thread::Builder::new()
         .name("fluxgate drain".into())

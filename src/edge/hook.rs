@@ -24,6 +24,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +73,25 @@ struct Summary<'a> {
     /// Forward mode: the status Flux's own receiver answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     forwarded: Option<u16>,
+    /// A receiver reaching clusters other than `default` alone: what happened in each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clusters: Option<BTreeMap<&'a str, PerCluster<'a>>>,
+}
+
+/// One cluster's part of a delivery; empty lists are left out.
+#[derive(Serialize, Default)]
+struct PerCluster<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    patched: Vec<&'a Patched>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filtered: Vec<&'a Patched>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unmatched: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    queued: Vec<&'a str>,
+    /// Refused for good (403, 404, a filter that cannot be evaluated, dropped).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<String>,
 }
 
 /// A delivery that passed verification: what the filters and forward mode work from.
@@ -226,7 +246,9 @@ impl HookApp {
 
     /// 200 when every target was patched (or filtered out) within `relay.wait`, 502 when the
     /// API refused one for good or its filter could not be evaluated, 202 when some are still
-    /// queued (safely, when the queue is durable). 400 when filters read `req` and the
+    /// queued (safely, when the queue is durable). A receiver reaching several clusters gets
+    /// the same statuses over all of them, and a JSON body saying what happened in each (the
+    /// other clusters' patches stand when one refuses). 400 when filters read `req` and the
     /// JSON-typed body is not a JSON object.
     async fn relay_to(
         &self,
@@ -245,7 +267,11 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::MalformedRequest, why))
             }
         };
-        let delivered = match self.relay.deliver(&receiver.targets, &filters).await {
+        let delivered = match self
+            .relay
+            .deliver(&receiver.targets, &filters, &receiver.reach)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 return Answer::text(
@@ -255,13 +281,18 @@ impl HookApp {
                 )
             }
         };
+        let fleet = self.relay.fleet();
+        let name = |c: usize| fleet.cluster(c).map_or("", |c| &*c.name);
         let mut patched = Vec::new();
         let mut filtered = Vec::new();
         let mut unmatched = Vec::new();
         let mut queued = Vec::new();
         let mut failed = Vec::new();
-        for (outcome, target) in delivered.results.iter().zip(&receiver.target_names) {
-            match outcome {
+        let mut clusters: BTreeMap<&str, PerCluster> = BTreeMap::new();
+        for r in &delivered.results {
+            let target = receiver.target_names[r.target].as_str();
+            let per = clusters.entry(name(r.cluster)).or_default();
+            match &r.outcome {
                 Some(Outcome::Patched {
                     patched: p,
                     filtered: f,
@@ -269,17 +300,28 @@ impl HookApp {
                 }) => {
                     patched.extend(p.iter());
                     filtered.extend(f.iter());
+                    per.patched.extend(p.iter());
+                    per.filtered.extend(f.iter());
                     if *none {
-                        unmatched.push(target.as_str());
+                        unmatched.push(target);
+                        per.unmatched.push(target);
                     }
                 }
-                Some(Outcome::Refused(e)) => failed.push(format!("{target}: {e}")),
-                Some(Outcome::FilterFailed(why)) => failed.push(format!("{target}: {why}")),
-                Some(Outcome::Dropped(why)) => failed.push(format!("{target}: {why}")),
-                None => queued.push(target.as_str()),
+                Some(Outcome::Refused(e)) => per.refused.push(format!("{target}: {e}")),
+                Some(Outcome::FilterFailed(why)) => per.refused.push(format!("{target}: {why}")),
+                Some(Outcome::Dropped(why)) => per.refused.push(format!("{target}: {why}")),
+                None => {
+                    queued.push(target);
+                    per.queued.push(target);
+                }
             }
         }
+        if !receiver.per_cluster {
+            failed = clusters.into_values().flat_map(|c| c.refused).collect();
+            clusters = BTreeMap::new();
+        }
         log.patched = patched.len();
+        let refused = clusters.values().any(|c| !c.refused.is_empty());
         if !failed.is_empty() {
             return Answer::text(
                 502,
@@ -287,7 +329,10 @@ impl HookApp {
                 &format!("not reconciled: {}", failed.join("; ")),
             );
         }
-        let (status, outcome) = if queued.is_empty() {
+        let (status, outcome) = if refused {
+            // The other clusters' patches stand; the body says which cluster refused what.
+            (502, "relay_refused")
+        } else if queued.is_empty() {
             (200, "relayed")
         } else {
             (202, "queued")
@@ -301,6 +346,7 @@ impl HookApp {
             filtered: Some(filtered).filter(|f| !f.is_empty()),
             unmatched: Some(unmatched),
             queued: Some(queued).filter(|q| !q.is_empty()),
+            clusters: Some(clusters).filter(|c| !c.is_empty()),
             ..Summary::default()
         };
         Answer::json(status, outcome, &summary)

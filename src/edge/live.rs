@@ -147,7 +147,7 @@ impl Live {
     pub fn set_cluster(&self, receivers: Vec<Arc<Receiver>>) {
         let loaded = lock(&self.loaded);
         let mut cluster = lock(&self.cluster);
-        metrics::init_series(&receivers, &[]);
+        metrics::init_series(&series(&receivers, &loaded.0.clusters), &[]);
         cluster.receivers = receivers;
         let guard = self.get().guard.clone();
         self.current
@@ -302,7 +302,32 @@ fn init_series(s: &Settings) {
         .filter(|r| r.source.is_some())
         .map(|r| r.name.as_str())
         .collect();
-    metrics::init_series(&s.receivers, &sets);
+    metrics::init_series(&series(&s.receivers, &s.clusters), &sets);
+}
+
+/// What the metrics need of receivers: labels, types, and the (cluster, kind) pairs of their
+/// targets.
+fn series<'a>(
+    receivers: &'a [Arc<Receiver>],
+    clusters: &'a [crate::fleet::ClusterSpec],
+) -> Vec<metrics::ReceiverSeries<'a>> {
+    receivers
+        .iter()
+        .map(|r| metrics::ReceiverSeries {
+            label: &r.label,
+            kind: r.kind.as_str(),
+            relays: r
+                .targets
+                .iter()
+                .zip(&r.reach)
+                .flat_map(|(t, cs)| {
+                    cs.iter().filter_map(|&c| {
+                        clusters.get(c).map(|c| (c.name.as_str(), t.kind.as_str()))
+                    })
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 fn set_certificate_expiry(s: &Settings) {

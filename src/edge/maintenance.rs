@@ -2,9 +2,8 @@
 //! range sets, sweeping the defences' state, and watching the Kubernetes API.
 
 use super::live::Live;
+use crate::fleet::Fleet;
 use crate::metrics;
-use crate::relay::kube::KubeApi;
-use crate::relay::queue::Queue;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -15,7 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 pub struct Maintenance {
     pub live: Arc<Live>,
-    pub api: Arc<KubeApi>,
+    pub fleet: Arc<Fleet>,
     pub watch_interval: Duration,
 }
 
@@ -23,17 +22,6 @@ const TICK: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// A cheap authenticated GET; the relay's own calls update the same gauge in between.
 const API_CHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// Checks the API with the configured credentials and publishes the result.
-pub async fn check_api(api: &KubeApi) -> Result<(), String> {
-    let r = match tokio::time::timeout(Duration::from_secs(3), api.check_reachable()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("Kubernetes API {e}")),
-        Err(_) => Err("Kubernetes API did not answer within 3s".to_string()),
-    };
-    metrics::get().kubernetes_api_up.set(i64::from(r.is_ok()));
-    r
-}
 
 #[async_trait]
 impl BackgroundService for Maintenance {
@@ -80,9 +68,9 @@ impl BackgroundService for Maintenance {
             }
             if now >= next_api {
                 next_api = now + API_CHECK_EVERY;
-                let api = self.api.clone();
+                let fleet = self.fleet.clone();
                 tokio::spawn(async move {
-                    let _ = check_api(&api).await;
+                    fleet.check_all().await;
                 });
             }
             let Some(client) = &client else {
@@ -136,9 +124,9 @@ async fn refresh(set: &crate::guard::ranges::RangeSet, client: &reqwest::Client)
     }
 }
 
-/// Works the relay queue until the process ends.
+/// Works every cluster's relay queue until the process ends.
 pub struct RelayWorker {
-    pub queue: Arc<Queue>,
+    pub fleet: Arc<Fleet>,
 }
 
 #[async_trait]
@@ -146,6 +134,6 @@ impl BackgroundService for RelayWorker {
     async fn start(&self, _shutdown: ShutdownWatch) {
         // Not stopped at the shutdown signal: during the grace period the queue keeps draining.
         // Whatever is still queued when the process ends stays on disk for the next one.
-        self.queue.clone().run().await;
+        self.fleet.clone().run().await;
     }
 }

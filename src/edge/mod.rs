@@ -19,9 +19,8 @@ pub mod upgrade;
 use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
 use crate::config::Settings;
+use crate::fleet::Fleet;
 use crate::relay::job::Job;
-use crate::relay::kube::KubeApi;
-use crate::relay::queue::Queue;
 use crate::relay::store::Store;
 use crate::relay::Relay;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -71,8 +70,14 @@ pub fn open_queue(settings: &Settings) -> Result<(Store, Vec<Job>), String> {
     }
 }
 
-/// Runs the gateway until a signal stops it. Never returns.
-pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: RunOptions) -> ! {
+/// Runs the gateway until a signal stops it. Never returns. `kubes` are the kubeconfigs of
+/// the fleet's clusters, in order; the first is the home cluster cluster mode watches.
+pub fn run(
+    config_path: &Path,
+    settings: Settings,
+    kubes: Vec<kube::Config>,
+    opts: RunOptions,
+) -> ! {
     let (store, resumed) = match open_queue(&settings) {
         Ok(q) => q,
         Err(e) => {
@@ -115,16 +120,29 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
 
-    let cluster = settings.cluster.watch_receivers.then(|| {
-        (
-            kube.clone(),
-            Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
-        )
-    });
-    let api = Arc::new(KubeApi::new(kube));
-    let queue = Arc::new(Queue::new(store, api.clone(), relay_queue, resumed));
-    let durable = queue.is_durable();
-    let relay = Arc::new(Relay::new(api.clone(), queue.clone(), relay_wait));
+    let cluster = settings
+        .cluster
+        .watch_receivers
+        .then(|| kubes.first().cloned())
+        .flatten()
+        .map(|kube| {
+            (
+                kube,
+                Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
+            )
+        });
+    for c in &settings.clusters {
+        tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
+    }
+    let fleet = Arc::new(Fleet::new(
+        &settings.clusters,
+        kubes,
+        store,
+        &relay_queue,
+        resumed,
+    ));
+    let durable = fleet.is_durable();
+    let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let acme = settings.server.acme.clone().map(crate::acme::Acme::new);
     let resolver = match (&settings.server.certified_key, &acme) {
         (Some(ck), _) => Arc::new(tls::CertResolver::new(ck.clone())),
@@ -176,6 +194,7 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         "fluxgate admin".to_string(),
         pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(
             relay,
+            live.clone(),
             cluster.as_ref().map(|c| c.1.clone()),
         )),
     );
@@ -196,11 +215,11 @@ pub fn run(config_path: &Path, settings: Settings, kube: kube::Config, opts: Run
         "fluxgate maintenance",
         maintenance::Maintenance {
             live,
-            api,
+            fleet: fleet.clone(),
             watch_interval,
         },
     );
-    let worker = background_service("fluxgate relay", maintenance::RelayWorker { queue });
+    let worker = background_service("fluxgate relay", maintenance::RelayWorker { fleet });
     if let Some(acme) = acme {
         server.add_service(background_service(
             "fluxgate acme",

@@ -10,6 +10,10 @@ use std::sync::Arc;
 /// value, so a later patch is never older than a delivery it absorbed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
+    /// The cluster to patch in. Jobs stored by versions without clusters have none, and
+    /// belong to `default`, which is also left out when stored, so they share their keys.
+    #[serde(default = "default_cluster", skip_serializing_if = "is_default")]
+    pub cluster: Arc<str>,
     /// Shared with the receiver: a delivery queues its targets without copying them.
     pub target: Arc<Target>,
     /// For a target with filters: which of its objects this delivery reconciles.
@@ -25,9 +29,19 @@ pub struct Job {
 /// without filters the second part is `None`, and the key costs what the target alone did.
 pub type JobKey = (Arc<Target>, Option<Arc<Filter>>);
 
+fn default_cluster() -> Arc<str> {
+    crate::fleet::DEFAULT.into()
+}
+
+fn is_default(c: &Arc<str>) -> bool {
+    &**c == crate::fleet::DEFAULT
+}
+
 impl Job {
+    /// A job for the `default` cluster.
     pub fn new(target: Arc<Target>, filter: Option<Arc<Filter>>, generation: u64) -> Self {
         Job {
+            cluster: default_cluster(),
             target,
             filter,
             generation,
@@ -40,11 +54,18 @@ impl Job {
         (self.target.clone(), self.filter.clone())
     }
 
-    /// The job's key in the store, in one-to-one correspondence with [`JobKey`].
+    /// The job's key in the store, in one-to-one correspondence with its cluster and
+    /// [`JobKey`]. `default`'s keys are those of versions without clusters; another cluster's
+    /// start with its name and `@`, which no target key holds.
     pub fn key(&self) -> String {
-        match &self.filter {
+        let own = match &self.filter {
             None => self.target.key(),
             Some(f) => format!("{}#{}", self.target.key(), f.id()),
+        };
+        if is_default(&self.cluster) {
+            own
+        } else {
+            format!("{}@{own}", self.cluster)
         }
     }
 
@@ -108,6 +129,29 @@ pub fn now_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_stored_without_a_cluster_belongs_to_default_and_keys_carry_the_cluster() {
+        let target = Arc::new(Target {
+            group: "source.toolkit.fluxcd.io".into(),
+            version: "v1".into(),
+            kind: "GitRepository".into(),
+            plural: "gitrepositories".into(),
+            namespace: "flux-system".into(),
+            select: super::super::target::Select::Name("app".into()),
+        });
+        let job = Job::new(target, None, 5);
+        let stored = serde_json::to_value(&job).unwrap();
+        assert!(stored.get("cluster").is_none(), "{stored}");
+        let old: Job = serde_json::from_value(stored).unwrap();
+        assert_eq!(&*old.cluster, "default");
+        assert_eq!(old.key(), job.target.key());
+        let mut eu = job.clone();
+        eu.cluster = "prod-eu".into();
+        let back: Job = serde_json::from_slice(&serde_json::to_vec(&eu).unwrap()).unwrap();
+        assert_eq!(&*back.cluster, "prod-eu");
+        assert_eq!(back.key(), format!("prod-eu@{}", job.target.key()));
+    }
 
     #[test]
     fn generations_increase_and_format_as_rfc3339() {

@@ -11,11 +11,26 @@ pub mod target;
 
 use self::filter::Filter;
 use self::kube::KubeApi;
-use self::queue::{Outcome, Queue};
+use self::queue::Outcome;
 use self::target::Target;
+use crate::fleet::{ClusterId, Fleet};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How a cluster's queue treats its API server; each cluster's queue has its own copy.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Patches in flight at once, per cluster.
+    pub max_in_flight: usize,
+    /// A target is patched at most once per this interval; deliveries in between coalesce.
+    pub min_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub max_age: Duration,
+    /// 0: no limit.
+    pub max_attempts: u32,
+}
 
 /// One object that was asked to reconcile (or that a filter left alone).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -27,57 +42,102 @@ pub struct Patched {
     pub name: String,
 }
 
-/// What is known of a delivery's jobs when it is answered: the outcome of each target, or
-/// `None` where the job is still queued.
+/// One job of a delivery: a target in a cluster, and its outcome if known by the answer.
+pub struct Reached {
+    pub cluster: ClusterId,
+    /// The target's position in the receiver's targets.
+    pub target: usize,
+    /// `None` where the job is still queued.
+    pub outcome: Option<Outcome>,
+}
+
+/// What is known of a delivery's jobs when it is answered.
 pub struct Delivered {
     pub requested_at: String,
-    /// In the order of the targets given to `deliver`.
-    pub results: Vec<Option<Outcome>>,
+    /// Target by target, and for each its clusters in fleet order.
+    pub results: Vec<Reached>,
 }
 
 pub struct Relay {
-    api: Arc<KubeApi>,
-    pub queue: Arc<Queue>,
+    fleet: Arc<Fleet>,
     wait: Duration,
 }
 
 impl Relay {
-    pub fn new(api: Arc<KubeApi>, queue: Arc<Queue>, wait: Duration) -> Self {
-        Relay { api, queue, wait }
+    pub fn new(fleet: Arc<Fleet>, wait: Duration) -> Self {
+        Relay { fleet, wait }
     }
 
+    /// The home cluster's API, which forward mode goes through.
     pub fn api(&self) -> &KubeApi {
-        &self.api
+        &self.fleet.home().api
     }
 
-    /// Queues the delivery (durably, when the queue is) and waits up to `relay.wait` for its
-    /// jobs. `filters` is empty when no target has any, or holds each target's filter in
-    /// order. An error means it could not be queued at all.
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
+    /// Queues one job per target and cluster it reaches (durably, when the queue is), each
+    /// cluster in its own queue, and waits up to `relay.wait` for them. `filters` is empty
+    /// when no target has any, or holds each target's filter in order; `reach` holds each
+    /// target's clusters. An error means it could not be queued at all.
     pub async fn deliver(
         &self,
         targets: &[Arc<Target>],
         filters: &[Option<Arc<Filter>>],
+        reach: &[Arc<[ClusterId]>],
     ) -> Result<Delivered, String> {
         let generation = job::next_generation();
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.
         let wait = !self.wait.is_zero();
-        let waiting = self
-            .queue
-            .submit(targets, filters, generation, wait)
-            .await?;
-        let mut results = Vec::with_capacity(targets.len());
-        if !wait {
-            results.resize_with(targets.len(), || None);
+        // Per cluster: the positions of the targets it receives.
+        let mut parts: Vec<(ClusterId, Vec<usize>)> = Vec::new();
+        for (i, clusters) in reach.iter().enumerate().take(targets.len()) {
+            for &c in clusters.iter() {
+                match parts.iter_mut().find(|(id, _)| *id == c) {
+                    Some((_, v)) => v.push(i),
+                    None => parts.push((c, vec![i])),
+                }
+            }
         }
+        let submits = parts.iter().map(|(c, idx)| async move {
+            let Some(cluster) = self.fleet.cluster(*c) else {
+                return Ok(Vec::new());
+            };
+            let ts: Vec<Arc<Target>> = idx.iter().map(|&i| targets[i].clone()).collect();
+            let fs: Vec<Option<Arc<Filter>>> = if filters.is_empty() {
+                Vec::new()
+            } else {
+                idx.iter()
+                    .map(|&i| filters.get(i).cloned().flatten())
+                    .collect()
+            };
+            cluster.queue.submit(&ts, &fs, generation, wait).await
+        });
+        let waiting = futures::future::join_all(submits).await;
         let deadline = tokio::time::Instant::now() + self.wait;
-        for rx in waiting {
-            let outcome = tokio::time::timeout_at(deadline, rx)
-                .await
-                .ok()
-                .and_then(Result::ok);
-            results.push(outcome);
+        let mut results = Vec::new();
+        for ((c, idx), rxs) in parts.iter().zip(waiting) {
+            // One deadline for all: each cluster's jobs are waited on in turn, but the
+            // clusters' queues work at once.
+            let mut rxs = rxs?.into_iter();
+            for &i in idx {
+                let outcome = match rxs.next() {
+                    Some(rx) => tokio::time::timeout_at(deadline, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                results.push(Reached {
+                    cluster: *c,
+                    target: i,
+                    outcome,
+                });
+            }
         }
+        results.sort_by_key(|r| (r.target, r.cluster));
         Ok(Delivered {
             requested_at: job::requested_at(generation),
             results,

@@ -6,7 +6,7 @@ use super::job::{now_nanos, requested_at, Job, JobKey};
 use super::kube::{ApiError, KubeApi};
 use super::store::{Store, ADOPT_EVERY};
 use super::target::{Select, Target};
-use super::Patched;
+use super::{Patched, QueueSettings};
 use crate::metrics;
 use rand::Rng;
 use std::collections::HashMap;
@@ -14,20 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify, Semaphore};
-
-/// How the queue treats the API server.
-#[derive(Debug, Clone)]
-pub struct QueueSettings {
-    /// Patches in flight at once.
-    pub max_in_flight: usize,
-    /// A target is patched at most once per this interval; deliveries in between coalesce.
-    pub min_interval: Duration,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub max_age: Duration,
-    /// 0: no limit.
-    pub max_attempts: u32,
-}
 
 /// What finally happened to a delivery's job.
 #[derive(Debug, Clone)]
@@ -86,7 +72,11 @@ struct Entry {
     waiters: Vec<(u64, oneshot::Sender<Outcome>)>,
 }
 
+/// One cluster's queue. Each cluster of the fleet has its own, so one that is down or slow
+/// holds only its own permits and backoff; all share the durable store.
 pub struct Queue {
+    /// The cluster this queue patches in: its jobs carry it, its metrics are labelled with it.
+    cluster: Arc<str>,
     /// Keyed by target (shared with the receivers' configuration) and filter inputs.
     entries: Mutex<HashMap<JobKey, Entry>>,
     /// When each target was last patched, for `min_interval`. Per target, whatever the
@@ -106,13 +96,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Queue {
+    /// The queue of the cluster named `default`.
     pub fn new(
         store: Store,
         api: Arc<KubeApi>,
         settings: QueueSettings,
         resumed: Vec<Job>,
     ) -> Self {
+        Self::for_cluster(crate::fleet::DEFAULT.into(), store, api, settings, resumed)
+    }
+
+    pub fn for_cluster(
+        cluster: Arc<str>,
+        store: Store,
+        api: Arc<KubeApi>,
+        settings: QueueSettings,
+        resumed: Vec<Job>,
+    ) -> Self {
         let q = Queue {
+            cluster,
             entries: Mutex::new(HashMap::new()),
             last_patch: Mutex::new(HashMap::new()),
             wake: Notify::new(),
@@ -130,6 +132,15 @@ impl Queue {
         self.store.is_durable()
     }
 
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Takes in jobs already on disk: resumed or adopted from a process that is gone.
+    pub fn take(&self, jobs: Vec<Job>) {
+        self.insert(jobs, None);
+    }
+
     /// Queues one job per target, on disk first. `filters` is empty when no target has
     /// any, or holds each target's filter in order. With `wait`, returns one receiver per
     /// target, in order, for the outcome; without, nobody is told.
@@ -143,7 +154,11 @@ impl Queue {
         let jobs: Vec<Job> = targets
             .iter()
             .enumerate()
-            .map(|(i, t)| Job::new(t.clone(), filters.get(i).cloned().flatten(), generation))
+            .map(|(i, t)| {
+                let mut job = Job::new(t.clone(), filters.get(i).cloned().flatten(), generation);
+                job.cluster = self.cluster.clone();
+                job
+            })
             .collect();
         self.store.put(jobs.clone()).await?;
         if !wait {
@@ -202,31 +217,24 @@ impl Queue {
     fn update_gauges(&self) {
         let entries = lock(&self.entries);
         let m = metrics::get();
-        m.queue_depth.set(entries.len() as i64);
+        let c = [&*self.cluster];
+        m.queue_depth
+            .with_label_values(&c)
+            .set(entries.len() as i64);
         let oldest = entries.values().map(|e| e.job.since).min();
         let age = oldest.map_or(0.0, |s| now_nanos().saturating_sub(s) as f64 / 1e9);
-        m.queue_oldest_seconds.set(age);
+        m.queue_oldest_seconds.with_label_values(&c).set(age);
     }
 
     /// Runs the queue until the process ends. Jobs in flight when it ends stay on disk and are
-    /// resumed by the next process.
+    /// resumed by the next process. Jobs of processes that are gone are adopted by the fleet,
+    /// which hands each to its cluster's queue.
     pub async fn run(self: Arc<Self>) {
-        let mut next_adopt = Instant::now() + ADOPT_EVERY;
         loop {
             let now = Instant::now();
-            // The deadline moves on for an in-memory queue too: one left in the past would
-            // make the worker spin.
-            if now >= next_adopt {
-                if self.store.is_durable() {
-                    let adopted = self.store.adopt().await;
-                    if !adopted.is_empty() {
-                        self.insert(adopted, None);
-                    }
-                }
-                next_adopt = now + ADOPT_EVERY;
-            }
             self.turns.fetch_add(1, Ordering::Relaxed);
-            let mut wake_at = next_adopt;
+            // Some deadline even when idle: one left in the past would make the worker spin.
+            let mut wake_at = now + ADOPT_EVERY;
             let mut ready = Vec::new();
             {
                 let mut entries = lock(&self.entries);
@@ -269,9 +277,11 @@ impl Queue {
         let m = metrics::get();
         // An answer of any kind, even a refusal, shows the API is there.
         let reached = !matches!(result, Err(Failure::Api(ApiError::Unreachable(_))));
-        m.kubernetes_api_up.set(i64::from(reached));
+        m.kubernetes_api_up
+            .with_label_values(&[&*self.cluster])
+            .set(i64::from(reached));
         m.patch_seconds
-            .with_label_values(&[job.target.kind.as_str()])
+            .with_label_values(&[&*self.cluster, job.target.kind.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let now = Instant::now();
         let mut remove = None;
@@ -307,10 +317,10 @@ impl Queue {
                     result_label = "refused";
                     match &outcome {
                         Outcome::FilterFailed(why) => {
-                            tracing::error!(target_object = %job.target, "a resource filter could not be evaluated, nothing reconciled: {why}")
+                            tracing::error!(cluster = %self.cluster, target_object = %job.target, "a resource filter could not be evaluated, nothing reconciled: {why}")
                         }
                         Outcome::Refused(err) => {
-                            tracing::error!(target_object = %job.target, "the Kubernetes API refused the reconcile request for good: {err}")
+                            tracing::error!(cluster = %self.cluster, target_object = %job.target, "the Kubernetes API refused the reconcile request for good: {err}")
                         }
                         Outcome::Patched { .. } | Outcome::Dropped(_) => {}
                     }
@@ -333,7 +343,7 @@ impl Queue {
                             e.job.attempts,
                             humantime::format_duration(Duration::from_secs(age.as_secs()))
                         );
-                        tracing::error!(target_object = %job.target, "dropping the relay job: {why}");
+                        tracing::error!(cluster = %self.cluster, target_object = %job.target, "dropping the relay job: {why}");
                         resolve(&mut e.waiters, u64::MAX, &Outcome::Dropped(why));
                         remove = Some(e.job.generation);
                         entries.remove(&key);
@@ -342,13 +352,13 @@ impl Queue {
                         let wait = err
                             .retry_after()
                             .unwrap_or_else(|| self.backoff(e.job.attempts));
-                        tracing::warn!(target_object = %job.target, attempt = e.job.attempts, retry_in_ms = wait.as_millis() as u64, "reconcile request failed, will retry: {err}");
+                        tracing::warn!(cluster = %self.cluster, target_object = %job.target, attempt = e.job.attempts, retry_in_ms = wait.as_millis() as u64, "reconcile request failed, will retry: {err}");
                         e.ready_at = now + wait;
                     }
                 }
             }
             m.relay_jobs
-                .with_label_values(&[job.target.kind.as_str(), result_label])
+                .with_label_values(&[&*self.cluster, job.target.kind.as_str(), result_label])
                 .inc();
         }
         if let Some(generation) = remove {

@@ -89,6 +89,11 @@ pub struct ResourceSpec {
     /// CEL: whether a matched object is reconciled, ANDed with the receiver's filter.
     #[serde(default)]
     pub filter: Option<String>,
+    /// The clusters this resource reaches, in place of the receiver's.
+    #[serde(default)]
+    pub clusters: Option<Vec<String>>,
+    #[serde(default)]
+    pub cluster_selector: Option<BTreeMap<String, String>>,
 }
 
 /// A problem with one field of a resource entry: the field's name and what is wrong.
@@ -252,7 +257,7 @@ fn dns_label_ok(s: &str, max: usize) -> bool {
 
 /// Label keys and values as Kubernetes validates them, so a typo is caught here and not as a
 /// 400 from the API server on every delivery.
-fn check_label(key: &str, value: &str) -> Result<(), String> {
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     let name_ok = |s: &str| {
         let b = s.as_bytes();
         !b.is_empty()
