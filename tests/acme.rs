@@ -240,7 +240,7 @@ impl AcmeGateway {
             format!("http_listen = \"127.0.0.1:{p}\"\n")
         });
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n# The renewal test keeps a connection idle across a renewal.\nhead_timeout = \"60s\"\n\n\
              [server.acme]\ndomains = [\"{NAME}\"]\nemail = \"ops@example.org\"\n\
              directory = \"{}\"\nca_roots = [\"{d}/pebble-ca.pem\"]\nstorage = \"{d}/acme\"\n{http}{acme}\n\
              [kubernetes]\nkubeconfig = \"{d}/kubeconfig\"\n\n[[receivers]]\n{}\n",
@@ -340,6 +340,26 @@ impl AcmeGateway {
             .await
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// A TLS connection to NAME that trusts only `root`.
+    async fn connect(&self, root: &str) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        install_crypto();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut root.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(NAME.try_into().unwrap(), tcp)
+            .await
+            .unwrap()
     }
 
     /// `openssl s_client`'s verdict on the served chain, against `root`.
@@ -443,16 +463,20 @@ async fn renewal_swaps_the_certificate_under_an_open_connection_and_outlasts_the
     let root = pebble.root().await;
 
     // One keep-alive connection, opened on the first certificate.
-    let client = gw.client(&root);
-    let url = format!("https://{NAME}:{port}/nothing-here");
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 404);
+    let mut conn = gw.connect(&root).await;
+    let first_serial = serial(&conn);
+    assert!(ask(&mut conn).await.starts_with("HTTP/1.1 404"));
     let first = std::fs::read(gw.setup.path("acme/certificate.pem")).unwrap();
     gw.wait_orders("ok", 2.0, Duration::from_secs(20));
     assert_ne!(
         first,
         std::fs::read(gw.setup.path("acme/certificate.pem")).unwrap()
     );
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 404);
+    // The same connection still answers; a new one gets the new certificate.
+    assert!(ask(&mut conn).await.starts_with("HTTP/1.1 404"));
+    assert_ne!(serial(&gw.connect(&root).await), first_serial);
+    let client = gw.client(&root);
+    let url = format!("https://{NAME}:{port}/nothing-here");
 
     // The CA down at the next renewal: the current certificate stays, orders are retried.
     pebble.stop();
@@ -698,4 +722,42 @@ async fn a_ca_that_requires_external_account_binding_issues_with_the_key_and_che
         "{}",
         run.output()
     );
+}
+
+/// The serial number of the certificate the server presented on `conn`.
+fn serial(conn: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    let leaf = conn.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    cert.tbs_certificate.raw_serial().to_vec()
+}
+
+/// One keep-alive request on `conn`; its answer's head and body.
+async fn ask(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    conn.write_all(format!("GET /nothing-here HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("an answer on the open connection")
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+    }
 }
