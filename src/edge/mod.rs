@@ -119,6 +119,7 @@ pub fn run(
         settings.receivers.len()
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
+    let relay_events = settings.relay.events;
 
     let cluster = settings
         .cluster
@@ -141,6 +142,14 @@ pub fn run(
         &relay_queue,
         resumed,
     ));
+    if relay_events {
+        // One recorder for every cluster: it knows the deliveries, each cluster's API writes
+        // the Events on its own objects.
+        let recorder = Arc::new(crate::relay::events::Recorder::new());
+        for c in fleet.clusters() {
+            c.api.set_events(recorder.clone());
+        }
+    }
     let durable = fleet.is_durable();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let acme = settings.server.acme.clone().map(crate::acme::Acme::new);
