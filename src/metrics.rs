@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cluster_receivers: IntGaugeVec,
     /// Cluster mode: GETs of the Secrets Receivers name, by result.
     pub cluster_secret_reads: IntCounterVec,
+    /// ACME orders, by result (ok, failed).
+    pub acme_orders: IntCounterVec,
     /// `relay.events`: Kubernetes Events written beside patches, by result (written, failed).
     pub kubernetes_events: IntCounterVec,
 }
@@ -183,6 +185,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         cluster_secret_reads: register_int_counter_vec!(
             "fluxgate_cluster_secret_reads_total",
             "GETs of the Secrets that Receivers name, by result (ok, not_found, forbidden, failed).",
+            &["result"]
+        )?,
+        acme_orders: register_int_counter_vec!(
+            "fluxgate_acme_orders_total",
+            "ACME certificate orders, by result (ok, failed).",
             &["result"]
         )?,
     })

@@ -317,12 +317,15 @@ impl AdminApp {
         }
         // With relay.events, the Event says which delivery this was, redelivered by an operator;
         // the pushed commit is not in the record (no body is kept).
-        let note = self.relay.writes_events().then(|| crate::relay::events::Note {
-            receiver: receiver.label.clone(),
-            event: old.event.clone(),
-            delivery: old.delivery.clone(),
-            push: Default::default(),
-        });
+        let note = self
+            .relay
+            .writes_events()
+            .then(|| crate::relay::events::Note {
+                receiver: receiver.label.clone(),
+                event: old.event.clone(),
+                delivery: old.delivery.clone(),
+                push: Default::default(),
+            });
         let mut delivered = match self
             .relay
             .deliver(&receiver.targets, &[], &receiver.reach, note)

@@ -49,6 +49,7 @@ pub struct HookApp {
     pub live: Arc<Live>,
     relay: Arc<Relay>,
     history: Arc<History>,
+    acme: Option<Arc<crate::acme::Acme>>,
 }
 
 /// The JSON answer to a verified delivery.
@@ -140,7 +141,14 @@ impl HookApp {
             live,
             relay,
             history,
+            acme: None,
         }
+    }
+
+    /// With ACME: deliveries are answered 503 until the CA's certificate is served.
+    pub fn with_acme(mut self, acme: Option<Arc<crate::acme::Acme>>) -> Self {
+        self.acme = acme;
+        self
     }
 
     /// Serves one request on a connection; returns the connection if it can be reused.
@@ -171,6 +179,9 @@ impl HookApp {
         // Boxed: a connection spends most of its life waiting for its next request, and
         // its task should not carry the space of a whole delivery while it waits.
         let answer = match peer {
+            _ if self.acme.as_ref().is_some_and(|a| !a.issued()) => {
+                Answer::text(503, "certificate_not_issued", "certificate not yet issued")
+            }
             Some(peer) => Box::pin(self.handle(&rt, &mut s, peer, &mut log)).await,
             None => Answer::text(400, "malformed_request", "no client address"),
         };
