@@ -583,12 +583,22 @@ fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool
             }
         }
     }
+    if rec.forward.is_some() {
+        // Resources are ignored in forward mode: the receiver's own clusters are where it goes.
+        match rec.placement.selector.resolve(clusters) {
+            Ok(ids) => rec.forward_clusters = ids.into(),
+            Err(e) => {
+                p.add(&rec.placement.key, e);
+                ok = false;
+            }
+        }
+    }
     let default = clusters
         .iter()
         .position(|c| c.name == crate::fleet::DEFAULT);
-    rec.per_cluster = reach
-        .iter()
-        .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
+    let not_default_alone = |r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]);
+    rec.per_cluster = reach.iter().any(not_default_alone)
+        || (rec.forward.is_some() && not_default_alone(&rec.forward_clusters));
     rec.reach = reach;
     ok
 }

@@ -110,6 +110,10 @@ pub struct Receiver {
     /// always set when the body is kept, since every byte of it is held in memory.
     pub max_body_bytes: Option<u64>,
     pub forward: Option<ForwardSpec>,
+    /// The receiver's own `clusters`/`cluster_selector` (default: `default`), resolved at load
+    /// time into `forward_clusters`: where forward mode forwards each delivery.
+    pub placement: Placement,
+    pub forward_clusters: Arc<[ClusterId]>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
     /// Per target, in order: the selector that picks its clusters, and the key it came from.
@@ -482,6 +486,8 @@ fn build(
         reach: targets.iter().map(|_| Arc::from(vec![0])).collect(),
         per_cluster: false,
         placements,
+        placement: default_placement,
+        forward_clusters: Arc::from(vec![0]),
         targets,
         allow,
         replay_window,

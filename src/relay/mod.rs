@@ -10,7 +10,6 @@ pub mod store;
 pub mod target;
 
 use self::filter::Filter;
-use self::kube::KubeApi;
 use self::queue::Outcome;
 use self::target::Target;
 use crate::fleet::{ClusterId, Fleet};
@@ -66,11 +65,6 @@ pub struct Relay {
 impl Relay {
     pub fn new(fleet: Arc<Fleet>, wait: Duration) -> Self {
         Relay { fleet, wait }
-    }
-
-    /// The home cluster's API, which forward mode goes through.
-    pub fn api(&self) -> &KubeApi {
-        &self.fleet.home().api
     }
 
     pub fn fleet(&self) -> &Arc<Fleet> {
