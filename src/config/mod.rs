@@ -226,8 +226,9 @@ impl Settings {
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers
             || self.cluster.namespaces != new.cluster.namespaces
+            || self.cluster.clusters != new.cluster.clusters
         {
-            d.push("cluster.watch_receivers/namespaces");
+            d.push("cluster.watch_receivers/namespaces/clusters");
         }
         d
     }
@@ -459,7 +460,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let relay = relay::relay(raw.relay, &mut p);
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
-    let mut cluster = cluster::cluster(raw.cluster, &mut ranges, &mut p);
+    let mut cluster = cluster::cluster(raw.cluster, &clusters, &mut ranges, &mut p);
     cluster.defaults.rules = Rules {
         no_cross_namespace_refs,
     };
