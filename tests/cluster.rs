@@ -639,6 +639,23 @@ fn configuration_problems_name_the_key() {
     assert!(!ok && out.contains("cluster.namespaces: empty"), "{out}");
     let (ok, out) = check(&Setup::new().section("[cluster.defaults]\nsecret_file = \"/x\""));
     assert!(!ok && out.contains("unknown field `secret_file`"), "{out}");
+    // Whose Receivers are followed: clusters of the fleet, by name or label.
+    let (ok, out) = check(&Setup::new().section(&cluster_section("clusters = [\"nope\"]")));
+    assert!(
+        !ok && out.contains("cluster.clusters: no cluster named \"nope\"; configured: default"),
+        "{out}"
+    );
+    let (ok, out) =
+        check(&Setup::new().section(&cluster_section("cluster_selector = { env = \"prod\" }")));
+    assert!(!ok && out.contains("cluster.cluster_selector: "), "{out}");
+    let (ok, out) = check(&Setup::new().section(&cluster_section(
+        "clusters = [\"default\"]\ncluster_selector = { env = \"prod\" }",
+    )));
+    assert!(
+        !ok && out
+            .contains("cluster.cluster_selector: give clusters or cluster_selector, not both"),
+        "{out}"
+    );
 }
 
 #[test]
