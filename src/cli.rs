@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `hook-path`, `sign` and `dev`.
+//! The command line: `serve`, `check`, `hook-path`, `sign`, `dev` and `import`.
 
 use crate::config::Settings;
 use crate::edge::{self, RunOptions};
@@ -86,6 +86,10 @@ enum Command {
     /// Everything on localhost with no cluster: a self-signed certificate, an in-memory
     /// stand-in of the Kubernetes API holding a few Flux objects, and a ready-to-paste curl.
     Dev(crate::dev::DevOptions),
+    /// Write the [[receivers]] table and the token file for a Flux Receiver read from a
+    /// cluster (an admin's kubeconfig), byte for byte, so its path stays the one Flux shows.
+    /// The token is never printed.
+    Import(crate::import::ImportOptions),
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +151,7 @@ pub fn main() -> i32 {
         } => sign(&kind, &secret, &trim, &algorithm),
         Command::Probe { url } => probe(&url),
         Command::Dev(opts) => crate::dev::run(opts),
+        Command::Import(opts) => crate::import::run(&opts),
     };
     match result {
         Ok(()) => 0,

@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod fleet;
 pub mod guard;
 pub mod hook_path;
+pub mod import;
 pub mod metrics;
 pub mod refusal;
 pub mod relay;

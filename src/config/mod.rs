@@ -221,7 +221,10 @@ impl Settings {
         if self.clusters != new.clusters {
             d.push("clusters");
         }
-        if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
+        if self.relay.queue_dir != new.relay.queue_dir
+            || self.relay.wait != new.relay.wait
+            || self.relay.events != new.relay.events
+        {
             d.push("relay");
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers

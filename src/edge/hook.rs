@@ -13,11 +13,12 @@ use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::{self, Claim, Mark};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::events;
 use crate::relay::filter;
 use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
-use crate::verify::{BodyCheck, Evidence};
+use crate::verify::{BodyCheck, Evidence, ReceiverType};
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
@@ -103,6 +104,15 @@ struct Verified<'a> {
     /// Present when the receiver keeps bodies (`Receiver::keep_body`).
     body: Option<Vec<u8>>,
     evidence: Evidence,
+    /// GitHub's pushed commit and ref, read with `relay.events` on.
+    push: events::Push,
+}
+
+/// Where the streamed body goes besides the signature check.
+struct Sinks<'a> {
+    digest: &'a mut replay::BodyDigest,
+    kept: Option<&'a mut KeptBody>,
+    push_head: Option<&'a mut events::BodyHead>,
 }
 
 /// What the log line of one request says.
@@ -194,8 +204,16 @@ impl HookApp {
         // What identifies a signed body for the replay check, computed as it streams.
         let mut digest =
             replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
-        read_body(rt, s, cap, &mut check, &mut digest, kept.as_mut()).await?;
+        let mut push_head = self.push_head(&receiver);
+        let sinks = Sinks {
+            digest: &mut digest,
+            kept: kept.as_mut(),
+            push_head: push_head.as_mut(),
+        };
+        read_body(rt, s, cap, &mut check, sinks).await?;
         verify_body(rt, check, who, &receiver)?;
+        // Read only now that the body is verified.
+        let push = push_head.map(|h| h.push()).unwrap_or_default();
         // Its share of the budget is held as long as the body: until the relay is done.
         let (body, _held) = kept.map(KeptBody::into_parts).unzip();
         let evidence = verify_complete(rt, &receiver, s, body.as_deref(), who, credential).await?;
@@ -210,6 +228,7 @@ impl HookApp {
             head: s.req_header(),
             body,
             evidence,
+            push,
         };
         let answer = self
             .relay_or_forward(&receiver, verified, client, log)
@@ -219,6 +238,12 @@ impl HookApp {
             rt.guard.replays.release(receiver.id, &marks);
         }
         Ok(answer)
+    }
+
+    /// With `relay.events`, a GitHub body's first bytes are kept to name the pushed commit.
+    fn push_head(&self, receiver: &Receiver) -> Option<events::BodyHead> {
+        (self.relay.writes_events() && receiver.kind == ReceiverType::Github)
+            .then(events::BodyHead::new)
     }
 
     async fn relay_or_forward(
@@ -257,9 +282,15 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::MalformedRequest, why))
             }
         };
+        let note = self.relay.writes_events().then(|| events::Note {
+            receiver: receiver.label.clone(),
+            event: log.event.clone(),
+            delivery: log.delivery_id.clone(),
+            push: verified.push.clone(),
+        });
         let delivered = match self
             .relay
-            .deliver(&receiver.targets, &filters, &receiver.reach)
+            .deliver(&receiver.targets, &filters, &receiver.reach, note)
             .await
         {
             Ok(d) => d,
@@ -438,37 +469,15 @@ impl HookApp {
         if !body_done && declared_length(&s).is_none_or(|n| n > DRAIN_LIMIT) {
             s.set_keepalive(None);
         }
+        // Counted and logged before the answer goes out: whoever reads the answer (a provider,
+        // a test, a monitoring probe) then finds the metrics and the log line already there.
+        record(&log, &answer, started);
         let written = answer.write(&mut s).await;
         if !body_done && written.is_ok() {
             // Read (and drop) what the client is still sending for a moment, so that closing
             // does not reset the connection before the client has read the answer.
             let _ = timeout(Duration::from_secs(1), s.drain_request_body()).await;
         }
-        let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
-        let m = metrics::get();
-        m.deliveries
-            .with_label_values(&[
-                receiver,
-                log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
-                answer.outcome,
-            ])
-            .inc();
-        m.request_seconds
-            .with_label_values(&[receiver])
-            .observe(started.elapsed().as_secs_f64());
-        tracing::info!(
-            target: "fluxgate::delivery",
-            receiver,
-            client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
-            delivery = log.delivery_id.as_deref().unwrap_or("-"),
-            event = log.event.as_deref().unwrap_or("-"),
-            outcome = answer.outcome,
-            status = answer.status,
-            reason = answer.reason().unwrap_or(""),
-            patched = log.patched,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "delivery"
-        );
         written.ok()?;
         if !head_read {
             return None;
@@ -519,6 +528,36 @@ fn forwarded(sent: Result<u16, (bool, String)>) -> Result<(), (u16, &'static str
             format!("cannot reach Flux's receiver through the Kubernetes API: {e}"),
         )),
     }
+}
+
+/// Counts the request and writes its log line: what every request leaves, whatever its phase
+/// ended it.
+fn record(log: &Delivery, answer: &Answer, started: Instant) {
+    let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
+    let m = metrics::get();
+    m.deliveries
+        .with_label_values(&[
+            receiver,
+            log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
+            answer.outcome,
+        ])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[receiver])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "fluxgate::delivery",
+        receiver,
+        client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        delivery = log.delivery_id.as_deref().unwrap_or("-"),
+        event = log.event.as_deref().unwrap_or("-"),
+        outcome = answer.outcome,
+        status = answer.status,
+        reason = answer.reason().unwrap_or(""),
+        patched = log.patched,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "delivery"
+    );
 }
 
 /// What one phase of a request gives the next, or the answer that ends the request.
@@ -695,8 +734,7 @@ async fn read_body(
     s: &mut ServerSession,
     cap: BodyCap,
     check: &mut BodyCheck,
-    digest: &mut replay::BodyDigest,
-    mut kept: Option<&mut KeptBody>,
+    mut sinks: Sinks<'_>,
 ) -> Phase<()> {
     let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
     let mut total: u64 = 0;
@@ -728,9 +766,12 @@ async fn read_body(
                     return Err(cap.too_large());
                 }
                 check.update(&chunk);
-                digest.update(&chunk);
-                if let Some(b) = kept.as_deref_mut() {
+                sinks.digest.update(&chunk);
+                if let Some(b) = sinks.kept.as_deref_mut() {
                     b.push(&chunk, cap, &rt.guard.bodies)?;
+                }
+                if let Some(h) = sinks.push_head.as_deref_mut() {
+                    h.update(&chunk);
                 }
             }
         }

@@ -114,6 +114,7 @@ pub fn run(
         settings.receivers.len()
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
+    let relay_events = settings.relay.events;
 
     // Cluster mode follows the Receivers of every cluster `[cluster]` picks (default: all).
     let cluster = settings.cluster.watch_receivers.then(|| {
@@ -144,6 +145,14 @@ pub fn run(
         &relay_queue,
         resumed,
     ));
+    if relay_events {
+        // One recorder for every cluster: it knows the deliveries, each cluster's API writes
+        // the Events on its own objects.
+        let recorder = Arc::new(crate::relay::events::Recorder::new());
+        for c in fleet.clusters() {
+            c.api.set_events(recorder.clone());
+        }
+    }
     let durable = fleet.is_durable();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(

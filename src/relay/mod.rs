@@ -1,6 +1,7 @@
 //! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
 //! durable queue until the Kubernetes API has accepted them.
 
+pub mod events;
 pub mod filter;
 pub mod forward;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod store;
 pub mod target;
 
 use self::filter::Filter;
+use self::kube::KubeApi;
 use self::queue::Outcome;
 use self::target::Target;
 use crate::fleet::{ClusterId, Fleet};
@@ -67,6 +69,16 @@ impl Relay {
         Relay { fleet, wait }
     }
 
+    /// The home cluster's API (forward mode goes through each cluster's own).
+    pub fn api(&self) -> &KubeApi {
+        &self.fleet.home().api
+    }
+
+    /// Whether deliveries should say what the Events will name (`relay.events`).
+    pub fn writes_events(&self) -> bool {
+        self.api().events().is_some()
+    }
+
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
     }
@@ -74,14 +86,19 @@ impl Relay {
     /// Queues one job per target and cluster it reaches (durably, when the queue is), each
     /// cluster in its own queue, and waits up to `relay.wait` for them. `filters` is empty
     /// when no target has any, or holds each target's filter in order; `reach` holds each
-    /// target's clusters. An error means it could not be queued at all.
+    /// target's clusters; `note` is what the targets' Events say, with `relay.events` on. An
+    /// error means it could not be queued at all.
     pub async fn deliver(
         &self,
         targets: &[Arc<Target>],
         filters: &[Option<Arc<Filter>>],
         reach: &[Arc<[ClusterId]>],
+        note: Option<events::Note>,
     ) -> Result<Delivered, String> {
         let generation = job::next_generation();
+        if let (Some(recorder), Some(note)) = (self.api().events(), note) {
+            recorder.note(targets, &job::requested_at(generation), note);
+        }
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.
         let wait = !self.wait.is_zero();
