@@ -18,6 +18,7 @@ pub mod expr;
 pub mod fetch;
 pub mod fleet;
 pub mod guard;
+pub mod history;
 pub mod hook_path;
 pub mod import;
 pub mod metrics;

@@ -11,6 +11,7 @@ use crate::config::Receiver;
 use crate::guard::client_ip::{self, Client};
 use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::{self, Claim, Mark};
+use crate::history::{self, History, Record, TargetResult};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
 use crate::relay::events;
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at};
 
 /// Bodies this small are read and dropped after an early refusal, so the connection can be
@@ -46,6 +48,7 @@ pub struct Limits {
 pub struct HookApp {
     pub live: Arc<Live>,
     relay: Arc<Relay>,
+    history: Arc<History>,
 }
 
 /// The JSON answer to a verified delivery.
@@ -115,19 +118,33 @@ struct Sinks<'a> {
     push_head: Option<&'a mut events::BodyHead>,
 }
 
-/// What the log line of one request says.
+/// What the log line and the history's record of one request say, filled in as the
+/// request passes its phases and written once, in `finish`.
 #[derive(Default)]
 struct Delivery {
+    /// The path was looked up: without a receiver, it named none.
+    routed: bool,
     receiver: Option<Arc<Receiver>>,
     client: Option<IpAddr>,
     delivery_id: Option<String>,
     event: Option<String>,
     patched: usize,
+    /// Passed verification (and the event and replay checks after it).
+    verified: bool,
+    requested_at: Option<String>,
+    /// Per target, in order: what the relay did by the time of the answer.
+    targets: Vec<TargetResult>,
+    /// The relay's later word on targets still queued at the answer.
+    pending: Vec<(usize, oneshot::Receiver<Outcome>)>,
 }
 
 impl HookApp {
-    pub fn new(live: Arc<Live>, relay: Arc<Relay>) -> Self {
-        HookApp { live, relay }
+    pub fn new(live: Arc<Live>, relay: Arc<Relay>, history: Arc<History>) -> Self {
+        HookApp {
+            live,
+            relay,
+            history,
+        }
     }
 
     /// Serves one request on a connection; returns the connection if it can be reused.
@@ -224,6 +241,7 @@ impl HookApp {
         event_accepted(&receiver, event.as_deref(), log)?;
         receiver_rate(rt, &receiver)?;
         let marks = replay(rt, &receiver, delivery_id.as_deref(), digest.finish())?;
+        log.verified = true;
         let verified = Verified {
             head: s.req_header(),
             body,
@@ -288,7 +306,7 @@ impl HookApp {
             delivery: log.delivery_id.clone(),
             push: verified.push.clone(),
         });
-        let delivered = match self
+        let mut delivered = match self
             .relay
             .deliver(&receiver.targets, &filters, &receiver.reach, note)
             .await
@@ -304,6 +322,9 @@ impl HookApp {
         };
         let fleet = self.relay.fleet();
         let name = |c: usize| fleet.cluster(c).map_or("", |c| &*c.name);
+        log.targets = history::results(&receiver.targets, &delivered, name);
+        log.requested_at = Some(delivered.requested_at.clone());
+        log.pending = std::mem::take(&mut delivered.pending);
         let mut patched = Vec::new();
         let mut filtered = Vec::new();
         let mut unmatched = Vec::new();
@@ -318,6 +339,7 @@ impl HookApp {
                     patched: p,
                     filtered: f,
                     unmatched: none,
+                    ..
                 }) => {
                     patched.extend(p.iter());
                     filtered.extend(f.iter());
@@ -471,7 +493,8 @@ impl HookApp {
         }
         // Counted and logged before the answer goes out: whoever reads the answer (a provider,
         // a test, a monitoring probe) then finds the metrics and the log line already there.
-        record(&log, &answer, started);
+        count_and_log(&log, &answer, started);
+        self.record(log, &answer);
         let written = answer.write(&mut s).await;
         if !body_done && written.is_ok() {
             // Read (and drop) what the client is still sending for a moment, so that closing
@@ -532,7 +555,7 @@ fn forwarded(sent: Result<u16, (bool, String)>) -> Result<(), (u16, &'static str
 
 /// Counts the request and writes its log line: what every request leaves, whatever its phase
 /// ended it.
-fn record(log: &Delivery, answer: &Answer, started: Instant) {
+fn count_and_log(log: &Delivery, answer: &Answer, started: Instant) {
     let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
     let m = metrics::get();
     m.deliveries
@@ -558,6 +581,39 @@ fn record(log: &Delivery, answer: &Answer, started: Instant) {
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "delivery"
     );
+}
+
+impl HookApp {
+    /// The one place a request becomes a record of the history: requests that reached a
+    /// receiver are recorded, those to unknown paths only counted.
+    fn record(&self, log: Delivery, answer: &Answer) {
+        let Some(receiver) = &log.receiver else {
+            if log.routed {
+                self.history.count_unrouted();
+            }
+            return;
+        };
+        let record = Record {
+            time: history::now(),
+            receiver: receiver.label.clone(),
+            kind: receiver.kind.to_string(),
+            client: log.client.map(|c| c.to_string()).unwrap_or_default(),
+            delivery: log.delivery_id,
+            event: log.event,
+            status: answer.status,
+            outcome: answer.outcome.to_string(),
+            reason: answer.reason().map(str::to_string),
+            verified: log.verified,
+            requested_at: log.requested_at.clone(),
+            targets: log.targets,
+            ..Record::default()
+        };
+        let targets = record.targets.clone();
+        let id = self.history.add(record);
+        if let Some(at) = log.requested_at {
+            self.history.follow(id, at, &targets, log.pending);
+        }
+    }
 }
 
 /// What one phase of a request gives the next, or the answer that ends the request.
@@ -586,6 +642,7 @@ fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Deliv
 /// The receiver the path names, if any.
 fn route(rt: &Runtime, s: &ServerSession, log: &mut Delivery) -> Option<Arc<Receiver>> {
     let route = rt.routes.find(&s.req_header().uri).cloned();
+    log.routed = true;
     log.receiver = route.clone();
     route
 }

@@ -18,6 +18,7 @@ use crate::fleet::{ClusterId, Fleet};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// How a cluster's queue treats its API server; each cluster's queue has its own copy.
 #[derive(Debug, Clone)]
@@ -57,6 +58,9 @@ pub struct Delivered {
     pub requested_at: String,
     /// Target by target, and for each its clusters in fleet order.
     pub results: Vec<Reached>,
+    /// Where an outcome is `None`: its position in `results` and where its outcome will
+    /// come, for the delivery history to follow the job after the answer.
+    pub pending: Vec<(usize, oneshot::Receiver<Outcome>)>,
 }
 
 pub struct Relay {
@@ -124,23 +128,29 @@ impl Relay {
                     .map(|&i| filters.get(i).cloned().flatten())
                     .collect()
             };
-            cluster.queue.submit(&ts, &fs, generation, wait).await
+            // Always with waiters: the delivery history follows what is still queued.
+            cluster.queue.submit(&ts, &fs, generation, true).await
         });
         let waiting = futures::future::join_all(submits).await;
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut results = Vec::new();
+        let mut pending = Vec::new();
         for ((c, idx), rxs) in parts.iter().zip(waiting) {
             // One deadline for all: each cluster's jobs are waited on in turn, but the
             // clusters' queues work at once.
             let mut rxs = rxs?.into_iter();
             for &i in idx {
-                let outcome = match rxs.next() {
-                    Some(rx) => tokio::time::timeout_at(deadline, rx)
+                let mut rx = rxs.next();
+                let outcome = match rx.as_mut() {
+                    Some(rx) if wait => tokio::time::timeout_at(deadline, rx)
                         .await
                         .ok()
                         .and_then(Result::ok),
-                    None => None,
+                    _ => None,
                 };
+                if let (None, Some(rx)) = (&outcome, rx) {
+                    pending.push(((*c, i), rx));
+                }
                 results.push(Reached {
                     cluster: *c,
                     target: i,
@@ -149,9 +159,18 @@ impl Relay {
             }
         }
         results.sort_by_key(|r| (r.target, r.cluster));
+        // Followed by position in the sorted results.
+        let pending = pending
+            .into_iter()
+            .filter_map(|(key, rx)| {
+                let at = results.iter().position(|r| (r.cluster, r.target) == key)?;
+                Some((at, rx))
+            })
+            .collect();
         Ok(Delivered {
             requested_at: job::requested_at(generation),
             results,
+            pending,
         })
     }
 }

@@ -24,6 +24,9 @@ pub enum Outcome {
         filtered: Vec<Patched>,
         /// A label selector that matched no object.
         unmatched: bool,
+        /// The requestedAt of the patch: a later one than a delivery's own means the delivery
+        /// was coalesced into a newer one's patch.
+        at: String,
     },
     Refused(ApiError),
     /// A filter could not be evaluated (a missing key, not a bool): no object of the target
@@ -310,6 +313,7 @@ impl Queue {
                             patched: done.patched,
                             filtered: done.filtered,
                             unmatched: done.unmatched,
+                            at: at.clone(),
                         },
                     );
                     e.job.attempts = 0;
