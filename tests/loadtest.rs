@@ -219,3 +219,42 @@ fn dev_with_three_clusters_reconciles_in_each_with_the_printed_curl() {
     }
     drop(dev);
 }
+
+/// The fleet benchmark (`fluxgate-fleetbench`), tiny: 3 clusters (one down, one slow) and the
+/// memory scenario on 2 shared stand-ins. Only that every scenario completes; no timings.
+#[test]
+fn the_fleet_benchmark_runs_its_scenarios() {
+    let opts = fluxgate_loadtest::fleet::FleetOptions::try_parse_from([
+        "fluxgate-fleetbench",
+        "--fluxgate",
+        BIN,
+        "--sizes",
+        "3",
+        "--deliveries",
+        "2",
+        "--down",
+        "1",
+        "--slow",
+        "1",
+        "--slow-delay",
+        "300ms",
+        "--memory",
+        "3",
+        "--servers",
+        "2",
+    ])
+    .unwrap();
+    let r = fluxgate_loadtest::fleet::run(&opts).unwrap();
+    let table = r.to_table();
+    let shape: Vec<(usize, usize, usize)> = r
+        .fanout
+        .iter()
+        .map(|f| (f.clusters, f.timed_clusters, f.deliveries))
+        .collect();
+    assert_eq!(shape, [(3, 3, 2), (3, 1, 2)], "{table}");
+    assert_eq!(r.memory.len(), 1, "{table}");
+    assert!(
+        r.memory[0].idle_kib > 0 && r.memory[0].servers == 2,
+        "{table}"
+    );
+}
