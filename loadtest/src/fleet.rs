@@ -72,6 +72,10 @@ pub struct FanOut {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time fluxgate used per timed delivery (user + system).
+    pub fluxgate_cpu_ms: f64,
+    /// CPU time the stand-ins (this process) used per timed delivery.
+    pub standins_cpu_ms: f64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,21 +98,32 @@ impl FleetReport {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         if !self.fanout.is_empty() {
-            out.push_str("fan-out: time from sending a delivery until the last timed cluster accepted its patch\n");
+            out.push_str("fan-out: time from sending a delivery until the last timed cluster accepted its patch;\n\
+                          CPU ms used per delivery by fluxgate and by the stand-ins\n");
             out.push_str(&format!(
-                "{:<28} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
-                "scenario", "clusters", "timed", "cold ms", "p50 ms", "p99 ms", "max ms"
+                "{:<28} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}\n",
+                "scenario",
+                "clusters",
+                "timed",
+                "cold ms",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "fluxgate cpu",
+                "stand-in cpu"
             ));
             for f in &self.fanout {
                 out.push_str(&format!(
-                    "{:<28} {:>8} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}\n",
+                    "{:<28} {:>8} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>12.2} {:>12.2}\n",
                     f.scenario,
                     f.clusters,
                     f.timed_clusters,
                     f.cold_ms,
                     f.p50_ms,
                     f.p99_ms,
-                    f.max_ms
+                    f.max_ms,
+                    f.fluxgate_cpu_ms,
+                    f.standins_cpu_ms
                 ));
             }
         }
@@ -443,6 +458,18 @@ fn patched_within(apis: &[&StandIn], sent: Instant, limit: Duration) -> Result<D
     }
 }
 
+/// User + system CPU time of process `pid` ("self" for this one), from /proc (clock ticks
+/// of 10 ms, Linux's USER_HZ).
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may hold spaces, in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    (ticks(11) + ticks(12)) as f64 * 10.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -477,7 +504,12 @@ pub fn fanout(
     let limit = Duration::from_secs(30);
     let mut times = Vec::with_capacity(deliveries);
     let mut cold = Duration::ZERO;
+    let pid = gw.child.id().to_string();
+    let mut cpu_start = (0.0, 0.0);
     for k in 0..=deliveries {
+        if k == 1 {
+            cpu_start = (cpu_ms(&pid), cpu_ms("self"));
+        }
         for api in &timed {
             api.clear_requests();
         }
@@ -492,6 +524,9 @@ pub fn fanout(
             times.push(t);
         }
     }
+    let per = |start: f64, now: f64| (now - start) / deliveries.max(1) as f64;
+    let fluxgate_cpu_ms = per(cpu_start.0, cpu_ms(&pid));
+    let standins_cpu_ms = per(cpu_start.1, cpu_ms("self"));
     times.sort();
     let scenario = if down + slow > 0 {
         format!("{n}, {down} down + {slow} slow")
@@ -507,6 +542,8 @@ pub fn fanout(
         p50_ms: percentile(&times, 0.50),
         p99_ms: percentile(&times, 0.99),
         max_ms: percentile(&times, 1.0),
+        fluxgate_cpu_ms,
+        standins_cpu_ms,
     })
 }
 
