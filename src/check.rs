@@ -276,11 +276,39 @@ async fn permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r: &mut 
     if s.cluster.watch_receivers && id == 0 {
         cluster_permissions(s, api, r).await;
     }
+    if s.relay.events {
+        event_permissions(s, id, who, api, r).await;
+    }
     for ns in namespaces {
         if let Ok(true) = api.can_i("*", "*", "*", &ns, None).await {
             r.warn(format!("{who}the service account may do anything in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
         } else if let Ok(true) = api.can_i("get", "", "secrets", &ns, None).await {
             r.warn(format!("{who}the service account may read Secrets in {ns}; it needs only get, list and patch on the Flux kinds it targets"));
+        }
+    }
+}
+
+/// relay.events writes an Event in each target's namespace. Without the right it is only a
+/// warning: the patches work, and the Events are best-effort.
+async fn event_permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r: &mut Report) {
+    let namespaces: BTreeSet<&str> = s
+        .receivers
+        .iter()
+        .flat_map(|rec| {
+            rec.targets
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| rec.reach.get(*j).is_some_and(|cs| cs.contains(&id)))
+                .map(|(_, t)| t.namespace.as_str())
+        })
+        .collect();
+    for ns in namespaces {
+        match api.can_i("create", "", "events", ns, None).await {
+            Ok(true) => r.ok(format!("{who}relay.events: may create events in {ns}")),
+            Ok(false) => r.warn(format!(
+                "{who}relay.events: the service account may not create events in {ns}, so reconciles there get no Event; see deploy/events/"
+            )),
+            Err(e) => r.warn(format!("{who}relay.events: cannot review create on events in {ns}: {e}")),
         }
     }
 }

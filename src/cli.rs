@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `hook-path`, `sign` and `dev`.
+//! The command line: `serve`, `check`, `hook-path`, `sign`, `dev`, `import`, and `deliveries`
+//! and `redeliver` (clients of the admin listener).
 
 use crate::config::Settings;
 use crate::edge::{self, RunOptions};
@@ -86,6 +87,20 @@ enum Command {
     /// Everything on localhost with no cluster: a self-signed certificate, an in-memory
     /// stand-in of the Kubernetes API holding a few Flux objects, and a ready-to-paste curl.
     Dev(crate::dev::DevOptions),
+    /// Write the [[receivers]] table and the token file for a Flux Receiver read from a
+    /// cluster (an admin's kubeconfig), byte for byte, so its path stays the one Flux shows.
+    /// The token is never printed.
+    Import(crate::import::ImportOptions),
+    /// The delivery history of a running fluxgate, from its admin listener: a table of the
+    /// recent deliveries, or one in full.
+    Deliveries(DeliveriesArgs),
+    /// Run the relay again for a verified delivery of the history (new requestedAt).
+    Redeliver {
+        /// The record's id, or the provider's delivery id.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -147,6 +162,9 @@ pub fn main() -> i32 {
         } => sign(&kind, &secret, &trim, &algorithm),
         Command::Probe { url } => probe(&url),
         Command::Dev(opts) => crate::dev::run(opts),
+        Command::Import(opts) => crate::import::run(&opts),
+        Command::Deliveries(args) => deliveries(&args),
+        Command::Redeliver { id, admin } => redeliver(&id, &admin),
     };
     match result {
         Ok(()) => 0,
@@ -319,5 +337,256 @@ fn probe(url: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{url}: {status} {body}"))
+    }
+}
+
+// `fluxgate deliveries` and `fluxgate redeliver`: clients of the admin listener's API.
+
+#[derive(Args, Debug)]
+struct AdminArgs {
+    /// The admin listener.
+    #[arg(
+        long = "admin",
+        default_value = "http://127.0.0.1:9102",
+        env = "FLUXGATE_ADMIN"
+    )]
+    url: String,
+    /// The file holding admin.token_file's token, when the admin listener requires one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct DeliveriesArgs {
+    /// Show this delivery in full: the record's id, or the provider's delivery id.
+    id: Option<String>,
+    /// Keep printing deliveries as they happen.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// Only this receiver (namespace/name).
+    #[arg(long)]
+    receiver: Option<String>,
+    /// Only this outcome (relayed, queued, bad_signature, …).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// At most this many (newest first).
+    #[arg(long, default_value = "50")]
+    limit: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+impl AdminArgs {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let base = self.url.trim_end_matches('/');
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            return Err(format!("--admin: {base:?} is not an http:// URL"));
+        }
+        let mut r = reqwest::Client::new().request(method, format!("{base}{path}"));
+        if let Some(f) = &self.token_file {
+            let t = Secret::from_file(f).map_err(|e| format!("--token-file: {e}"))?;
+            let t = std::str::from_utf8(t.expose())
+                .map_err(|_| "--token-file: the token is not UTF-8".to_string())?
+                .to_string();
+            r = r.bearer_auth(t);
+        }
+        Ok(r)
+    }
+}
+
+async fn admin_json(r: reqwest::RequestBuilder) -> Result<(u16, serde_json::Value), String> {
+    let resp = r
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the admin listener: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Ok((status, v)),
+        Err(_) => Err(format!("{status}: {}", text.trim())),
+    }
+}
+
+fn deliveries(a: &DeliveriesArgs) -> Result<(), String> {
+    one_shot_runtime()?.block_on(async {
+        if let Some(id) = &a.id {
+            let path = format!("/deliveries/{}", encode(id));
+            let (_, v) = admin_json(a.admin.request(reqwest::Method::GET, &path)?).await?;
+            if a.json {
+                println!("{v}");
+            } else {
+                print_full(&v);
+            }
+            return Ok(());
+        }
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        if let Some(r) = &a.receiver {
+            query.append_pair("receiver", r);
+        }
+        if let Some(o) = &a.outcome {
+            query.append_pair("outcome", o);
+        }
+        query.append_pair("limit", &a.limit.to_string());
+        let path = format!("/deliveries?{}", query.finish());
+        let (_, v) = admin_json(a.admin.request(reqwest::Method::GET, &path)?).await?;
+        let mut list = v.as_array().cloned().unwrap_or_default();
+        list.reverse();
+        if !a.json {
+            println!("{}", table_header());
+        }
+        for r in &list {
+            print_line(r, a.json);
+        }
+        if a.follow {
+            follow(a).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Reads the live stream, printing the records that pass the filters.
+async fn follow(a: &DeliveriesArgs) -> Result<(), String> {
+    use futures::StreamExt;
+    let resp = a
+        .admin
+        .request(reqwest::Method::GET, "/deliveries/stream")?
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the admin listener: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("the stream answered {}", resp.status()));
+    }
+    let chunks = futures::stream::unfold(resp, |mut resp| async move {
+        match resp.chunk().await {
+            Ok(Some(c)) => Some((Ok::<_, reqwest::Error>(c), resp)),
+            Ok(None) | Err(_) => None,
+        }
+    });
+    let mut events = std::pin::pin!(sse_stream::SseStream::from_bytes_stream(chunks));
+    while let Some(ev) = events.next().await {
+        let Ok(ev) = ev else { break };
+        if ev.event.as_deref() != Some("delivery") {
+            continue;
+        }
+        let Some(r) = ev
+            .data
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        else {
+            continue;
+        };
+        let is =
+            |k: &str, want: &Option<String>| want.as_ref().is_none_or(|w| r[k].as_str() == Some(w));
+        if is("receiver", &a.receiver) && is("outcome", &a.outcome) {
+            print_line(&r, a.json);
+        }
+    }
+    Err("the admin listener closed the stream".into())
+}
+
+fn redeliver(id: &str, admin: &AdminArgs) -> Result<(), String> {
+    one_shot_runtime()?.block_on(async {
+        let path = format!("/deliveries/{}/redeliver", encode(id));
+        let (status, v) = admin_json(admin.request(reqwest::Method::POST, &path)?).await?;
+        print_full(&v);
+        if status >= 300 {
+            return Err(format!("redelivery answered {status}"));
+        }
+        Ok(())
+    })
+}
+
+fn encode(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+fn table_header() -> String {
+    format!(
+        "{:<30} {:<28} {:<6} {:<16} {:<38} {}",
+        "TIME", "RECEIVER", "STATUS", "OUTCOME", "DELIVERY", "TARGETS"
+    )
+}
+
+fn str_of<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("-")
+}
+
+fn targets_of(v: &serde_json::Value) -> String {
+    v["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    format!(
+                        "{}/{}:{}",
+                        str_of(t, "kind"),
+                        str_of(t, "name"),
+                        str_of(t, "state")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+fn print_line(v: &serde_json::Value, json: bool) {
+    if json {
+        println!("{v}");
+        return;
+    }
+    println!(
+        "{:<30} {:<28} {:<6} {:<16} {:<38} {}",
+        str_of(v, "time"),
+        str_of(v, "receiver"),
+        v["status"].as_u64().unwrap_or(0),
+        str_of(v, "outcome"),
+        str_of(v, "delivery"),
+        targets_of(v)
+    );
+}
+
+/// One record, every field on a line of its own.
+fn print_full(v: &serde_json::Value) {
+    let Some(obj) = v.as_object() else {
+        println!("{v}");
+        return;
+    };
+    for (k, val) in obj {
+        if k == "targets" {
+            continue;
+        }
+        match val {
+            serde_json::Value::String(s) => println!("{k:<13} {s}"),
+            other => println!("{k:<13} {other}"),
+        }
+    }
+    for t in v["targets"].as_array().into_iter().flatten() {
+        println!(
+            "target        {} {} {}/{}: {}{}",
+            str_of(t, "cluster"),
+            str_of(t, "kind"),
+            str_of(t, "namespace"),
+            str_of(t, "name"),
+            str_of(t, "state"),
+            t["detail"]
+                .as_str()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        );
+        for (what, key) in [("patched", "patched"), ("filtered out", "filtered")] {
+            if let Some(names) = t[key].as_array() {
+                let names: Vec<_> = names.iter().filter_map(|n| n.as_str()).collect();
+                println!("                {what}: {}", names.join(", "));
+            }
+        }
+        println!("                at {}", str_of(t, "at"));
     }
 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cluster_receivers: IntGaugeVec,
     /// Cluster mode: GETs of the Secrets Receivers name, by result.
     pub cluster_secret_reads: IntCounterVec,
+    /// `relay.events`: Kubernetes Events written beside patches, by result (written, failed).
+    pub kubernetes_events: IntCounterVec,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -135,6 +137,12 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Age of the oldest delivery still waiting in the cluster's relay queue.",
             &["cluster"]
         )?,
+        kubernetes_events: register_int_counter_vec!(
+            "fluxgate_kubernetes_events_total",
+            "relay.events: Events written on patched objects, by result (written, failed).",
+            &["result"]
+        )?,
+
         kubernetes_api_up: register_int_gauge_vec!(
             "fluxgate_kubernetes_api_up",
             "1 when the last check of the cluster's Kubernetes API with its credentials succeeded.",
@@ -217,6 +225,9 @@ pub fn init_series(receivers: &[ReceiverSeries<'_>], range_sets: &[&str]) {
                 m.relay_jobs.with_label_values(&[cluster, kind, result]);
             }
         }
+    }
+    for result in ["written", "failed"] {
+        m.kubernetes_events.with_label_values(&[result]);
     }
     for result in ["ok", "failed"] {
         m.config_reloads.with_label_values(&[result]);

@@ -1242,3 +1242,62 @@ fn kubeconfig_script_per_context_failures_and_options() {
     );
     assert!(file_names(&ws.path("none")).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// deploy/events: the optional component for relay.events
+
+#[test]
+fn events_component_renders_least_privilege() {
+    let Some(kubectl) = kubectl("events_component_renders_least_privilege") else {
+        return;
+    };
+    let k: Value = serde_saphyr::from_str(&read_deploy("events/kustomization.yaml")).unwrap();
+    assert_eq!(k["kind"], "Component");
+    assert_eq!(str_list(&k["resources"]), ["role.yaml", "rolebinding.yaml"]);
+    // Off as shipped; the comment says how to turn it on.
+    assert!(read_deploy("kustomization.yaml").contains("#   - events\n"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    std::fs::create_dir_all(copy.join("events")).unwrap();
+    for dir in ["", "events"] {
+        for e in std::fs::read_dir(deploy_dir().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                std::fs::copy(&p, copy.join(dir).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let on = read_deploy("kustomization.yaml").replace(COMPONENT_OFF, "components:\n  - events\n");
+    std::fs::write(copy.join("kustomization.yaml"), on).unwrap();
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&copy)
+        .env("HOME", tmp.path())
+        .env("KUBECACHEDIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        describe(&out)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text(&out.stdout)).unwrap();
+    assert_eq!(docs.len(), 6, "{docs:#?}");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], NS, "{d}");
+    }
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    assert_eq!(
+        named("Role", "fluxgate-events")["rules"],
+        json!([{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}])
+    );
+    assert_eq!(
+        named("RoleBinding", "fluxgate-events")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "fluxgate", "namespace": NS}])
+    );
+}

@@ -147,29 +147,7 @@ pub fn convert(
         (true, Some(_), Some(Err(why))) => return Err(vec![Skip::new("spec.secretRef", why)]),
         (true, Some(label), Some(Ok(data))) => Some(token(label, data)?),
     };
-    let mut fields = Map::new();
-    fields.insert("name".into(), json!(obj.name));
-    fields.insert("namespace".into(), json!(obj.namespace));
-    fields.insert("type".into(), json!(kind));
-    copy::<Vec<String>>(&obj.spec, "events", &mut fields, "events")?;
-    copy::<String>(&obj.spec, "resourceFilter", &mut fields, "resource_filter")?;
-    fields.insert(
-        "resources".into(),
-        json!(entries::<ResourceSpec>(obj, "resources")?),
-    );
-    fields.insert(
-        "oidc_providers".into(),
-        json!(entries::<ProviderSpec>(obj, "oidcProviders")?),
-    );
-    if let (Some(label), Some(Ok(data)), ReceiverType::Gcr) = (&secret_label, secret, parsed) {
-        for (key, value) in [("email", &data.email), ("audience", &data.audience)] {
-            if let Some(v) = value {
-                let v = std::str::from_utf8(v)
-                    .map_err(|_| vec![Skip::new(format!("{label} key {key:?}"), "not UTF-8")])?;
-                fields.insert(key.into(), json!(v));
-            }
-        }
-    }
+    let mut fields = receiver_fields(obj, secret.and_then(Result::ok))?;
     defaults.fill(&mut fields);
     let raw: RawReceiver = serde_json::from_value(Value::Object(fields))
         .map_err(|e| vec![Skip::new("spec", e.to_string())])?;
@@ -191,6 +169,42 @@ pub fn convert(
             .map(|p| Skip::new(object_field(&p.key, &secret_label), p.reason))
             .collect()),
     }
+}
+
+/// The `[[receivers]]` keys a Receiver object and its Secret stand for, before any defaults
+/// and without the token: what cluster mode serves and `fluxgate import` writes.
+pub fn receiver_fields(
+    obj: &ReceiverObject,
+    secret: Option<&SecretData>,
+) -> Result<Map<String, Value>, Vec<Skip>> {
+    let kind = field::<String>(&obj.spec, "type")?.unwrap_or_default();
+    let mut fields = Map::new();
+    fields.insert("name".into(), json!(obj.name));
+    fields.insert("namespace".into(), json!(obj.namespace));
+    fields.insert("type".into(), json!(kind));
+    copy::<Vec<String>>(&obj.spec, "events", &mut fields, "events")?;
+    copy::<String>(&obj.spec, "resourceFilter", &mut fields, "resource_filter")?;
+    fields.insert(
+        "resources".into(),
+        json!(entries::<ResourceSpec>(obj, "resources")?),
+    );
+    fields.insert(
+        "oidc_providers".into(),
+        json!(entries::<ProviderSpec>(obj, "oidcProviders")?),
+    );
+    if let (Some(label), Some(data), Ok(ReceiverType::Gcr)) =
+        (obj.secret_name(), secret, kind.parse::<ReceiverType>())
+    {
+        let label = format!("Secret {}/{label}", obj.namespace);
+        for (key, value) in [("email", &data.email), ("audience", &data.audience)] {
+            if let Some(v) = value {
+                let v = std::str::from_utf8(v)
+                    .map_err(|_| vec![Skip::new(format!("{label} key {key:?}"), "not UTF-8")])?;
+                fields.insert(key.into(), json!(v));
+            }
+        }
+    }
+    Ok(fields)
 }
 
 /// The Secret's `token`, which must be there and not empty.

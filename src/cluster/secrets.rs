@@ -90,6 +90,18 @@ impl Secrets {
     }
 }
 
+/// What a Receiver's Secret holds for fluxgate, its bytes as stored.
+pub fn secret_data(s: SecretObject) -> SecretData {
+    let mut data = s.data.unwrap_or_default();
+    let mut take = |k: &str| data.remove(k).map(|b| b.0);
+    SecretData {
+        token: take("token").map(Secret::new),
+        email: take("email"),
+        audience: take("audience"),
+        version: s.metadata.resource_version.unwrap_or_default(),
+    }
+}
+
 async fn fetch(client: &Client, (namespace, name): &SecretKey) -> Read {
     let counter = &metrics::get().cluster_secret_reads;
     let api: Api<SecretObject> = Api::namespaced(client.clone(), namespace);
@@ -97,14 +109,7 @@ async fn fetch(client: &Client, (namespace, name): &SecretKey) -> Read {
     match api.get(name).await.map_err(ApiError::from) {
         Ok(s) => {
             counter.with_label_values(&["ok"]).inc();
-            let mut data = s.data.unwrap_or_default();
-            let mut take = |k: &str| data.remove(k).map(|b| b.0);
-            Read::Found(SecretData {
-                token: take("token").map(Secret::new),
-                email: take("email"),
-                audience: take("audience"),
-                version: s.metadata.resource_version.unwrap_or_default(),
-            })
+            Read::Found(secret_data(s))
         }
         Err(e) if e.code() == Some(404) => {
             counter.with_label_values(&["not_found"]).inc();

@@ -2,12 +2,14 @@
 //! from the environment as `FLUXGATE__SECTION__KEY`. Loading validates everything a delivery
 //! will need, so a mistake stops start-up with the key and the reason instead of failing later.
 
+mod admin;
 mod cluster;
 mod defences;
 mod fleet;
 mod receivers;
 mod relay;
 
+pub use admin::{AdminSettings, HistorySettings};
 pub use cluster::{ClusterSettings, ReceiverDefaults, ALL_NAMESPACES};
 pub use defences::LimitSettings;
 pub use receivers::{from_token, RawReceiver, Receiver, Rules};
@@ -47,6 +49,10 @@ struct RawConfig {
     clusters: Vec<fleet::RawCluster>,
     #[serde(default)]
     receivers: Vec<receivers::RawReceiver>,
+    #[serde(default)]
+    admin: admin::RawAdmin,
+    #[serde(default)]
+    history: admin::RawHistory,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +100,8 @@ pub struct Settings {
     /// Receivers' targets reach clusters by their position here.
     pub clusters: Vec<ClusterSpec>,
     pub cluster: ClusterSettings,
+    pub admin: AdminSettings,
+    pub history: HistorySettings,
     /// Things that work but are probably not what was meant.
     pub warnings: Vec<String>,
 }
@@ -221,8 +229,14 @@ impl Settings {
         if self.clusters != new.clusters {
             d.push("clusters");
         }
-        if self.relay.queue_dir != new.relay.queue_dir || self.relay.wait != new.relay.wait {
+        if self.relay.queue_dir != new.relay.queue_dir
+            || self.relay.wait != new.relay.wait
+            || self.relay.events != new.relay.events
+        {
             d.push("relay");
+        }
+        if self.admin.token_file != new.admin.token_file || self.history.size != new.history.size {
+            d.push("admin/history");
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers
             || self.cluster.namespaces != new.cluster.namespaces
@@ -457,6 +471,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         &mut p,
     );
     let relay = relay::relay(raw.relay, &mut p);
+    let admin = admin::admin(raw.admin, admin_listen, &mut p, &mut warnings);
+    let history = admin::history(raw.history, &mut p);
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
     let mut cluster = cluster::cluster(raw.cluster, &mut ranges, &mut p);
@@ -562,6 +578,8 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                 ranges,
                 receivers,
                 cluster,
+                admin,
+                history,
                 warnings,
             })
         }

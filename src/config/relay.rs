@@ -17,6 +17,7 @@ pub(super) struct RawRelay {
     backoff_max: Option<String>,
     max_age: Option<String>,
     max_attempts: Option<u32>,
+    events: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct RelaySettings {
     /// How long a delivery waits for its patches before it is answered 202.
     pub wait: Duration,
     pub queue: QueueSettings,
+    /// Write a Kubernetes Event on each patched object saying which delivery asked for it.
+    pub events: bool,
 }
 
 pub(super) fn relay(raw: RawRelay, p: &mut Problems) -> RelaySettings {
@@ -50,6 +53,7 @@ pub(super) fn relay(raw: RawRelay, p: &mut Problems) -> RelaySettings {
         );
     }
     RelaySettings {
+        events: raw.events.unwrap_or(false),
         queue_dir: raw.queue_dir,
         // Zero answers 202 as soon as the delivery is queued.
         wait: duration_or_off("relay.wait", raw.wait.as_deref(), Duration::from_secs(2), p),

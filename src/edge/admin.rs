@@ -1,16 +1,28 @@
-//! The private admin listener: liveness, readiness and metrics.
+//! The private admin listener: liveness, readiness and metrics; the delivery history
+//! (`/deliveries`, its live stream, redelivery) and the status page at `/`.
 
 use super::live::Live;
+use super::status_page;
+use super::tls::CertResolver;
 use crate::cluster::status::WatchStatus;
 use crate::config::Receiver;
 use crate::fleet::ClusterId;
+use crate::history::{self, History, Query, Record};
 use crate::relay::Relay;
+use crate::secret::Secret;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::Response;
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use sha2::Digest;
+use sse_stream::Sse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
 use tokio::sync::Mutex;
 
 /// How long one answer of the API server stands for readiness. Probes come from kubelets and
@@ -24,6 +36,10 @@ pub struct AdminApp {
     relay: Arc<Relay>,
     /// The receivers in use, for which clusters each needs.
     live: Arc<Live>,
+    history: Arc<History>,
+    /// `admin.token_file`'s token.
+    token: Option<Secret>,
+    resolver: Arc<CertResolver>,
     /// Cluster mode's Receiver watches.
     cluster: Option<Arc<WatchStatus>>,
     /// The last API check and when it ended. Locked across the check, so concurrent probes
@@ -32,10 +48,20 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
-    pub fn new(relay: Arc<Relay>, live: Arc<Live>, cluster: Option<Arc<WatchStatus>>) -> Self {
+    pub fn new(
+        relay: Arc<Relay>,
+        cluster: Option<Arc<WatchStatus>>,
+        live: Arc<Live>,
+        history: Arc<History>,
+        token: Option<Secret>,
+        resolver: Arc<CertResolver>,
+    ) -> Self {
         AdminApp {
             relay,
             live,
+            history,
+            token,
+            resolver,
             cluster,
             api_health: Mutex::new(None),
         }
@@ -136,29 +162,352 @@ fn text(status: u16, body: String) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// The admin listener's answers: a whole body, or the live stream of deliveries.
+enum Reply {
+    Full(Response<Vec<u8>>),
+    Stream,
+}
+
 #[async_trait]
-impl ServeHttp for AdminApp {
-    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
-        if s.req_header().method != http::Method::GET {
-            return text(405, "only GET is accepted".into());
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut s: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match s.read_request().await {
+            Ok(true) => {}
+            _ => return None,
         }
-        match s.req_header().uri.path() {
-            "/healthz" => text(200, "ok".into()),
-            "/metrics" => {
+        if *shutdown.borrow() {
+            s.set_keepalive(None);
+        } else {
+            s.set_keepalive(Some(60));
+        }
+        let reply = if self.authorized(&s) {
+            self.route(&mut s).await
+        } else {
+            let mut r = text(401, "a bearer token is required (admin.token_file)".into());
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Reply::Full(r)
+        };
+        match reply {
+            Reply::Full(r) => {
+                let (parts, body) = r.into_parts();
+                let head: ResponseHeader = parts.into();
+                s.write_response_header(Box::new(head)).await.ok()?;
+                if !body.is_empty() {
+                    s.write_response_body(body.into(), true).await.ok()?;
+                }
+                let persist = HttpPersistentSettings::for_session(&s);
+                s.finish()
+                    .await
+                    .ok()?
+                    .map(|r| ReusedHttpStream::from_reusable_stream(r, persist))
+            }
+            Reply::Stream => {
+                stream_deliveries(&mut s, &self.history, shutdown).await;
+                None
+            }
+        }
+    }
+}
+
+impl AdminApp {
+    /// The bearer token of `admin.token_file`, compared in constant time, for everything
+    /// but the probes and the metrics.
+    fn authorized(&self, s: &ServerSession) -> bool {
+        let path = s.req_header().uri.path();
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+            return true;
+        }
+        let given = s
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        let digest = |b: &[u8]| sha2::Sha256::digest(b);
+        bool::from(digest(given).ct_eq(&digest(token.expose())))
+    }
+
+    async fn route(&self, s: &mut ServerSession) -> Reply {
+        let method = s.req_header().method.clone();
+        let path = s.req_header().uri.path().to_string();
+        let query = s.req_header().uri.query().unwrap_or("").to_string();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let full = Reply::Full;
+        match (&method, segments.as_slice()) {
+            (&http::Method::GET, ["healthz"]) => full(text(200, "ok".into())),
+            (&http::Method::GET, ["metrics"]) => {
                 let body = crate::metrics::render();
-                Response::builder()
-                    .status(200)
-                    .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                    .header("Content-Length", body.len())
-                    .header("Cache-Control", "no-store")
-                    .body(body)
-                    .unwrap_or_default()
+                full(
+                    Response::builder()
+                        .status(200)
+                        .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                        .header("Content-Length", body.len())
+                        .header("Cache-Control", "no-store")
+                        .body(body)
+                        .unwrap_or_default(),
+                )
             }
-            "/readyz" => {
+            (&http::Method::GET, ["readyz"]) => {
                 let (status, body) = self.ready().await;
-                text(status, body)
+                full(text(status, body))
             }
-            _ => text(404, "not found; try /healthz, /readyz or /metrics".into()),
+            (&http::Method::GET, [""]) => full(self.page()),
+            (&http::Method::GET, ["deliveries"]) => full(match deliveries_query(&query) {
+                Ok(q) => json(200, &self.history.list(&q)),
+                Err(e) => text(400, e),
+            }),
+            (&http::Method::GET, ["deliveries", "stream"]) => Reply::Stream,
+            (&http::Method::GET, ["deliveries", id]) => full(match self.history.get(id) {
+                Some(r) => json(200, &r),
+                None => text(404, "no such delivery in the history".into()),
+            }),
+            (&http::Method::POST, ["deliveries", id, "redeliver"]) => {
+                full(self.redeliver(id).await)
+            }
+            (_, ["healthz" | "readyz" | "metrics" | ""] | ["deliveries", ..]) => {
+                full(text(405, "method not allowed".into()))
+            }
+            _ => full(text(
+                404,
+                "not found; try /, /deliveries, /healthz, /readyz or /metrics".into(),
+            )),
+        }
+    }
+
+    /// Runs the relay again for a verified delivery of the history: the receiver's targets
+    /// as configured now, with a new requestedAt. Recorded as a delivery of its own.
+    async fn redeliver(&self, id: &str) -> Response<Vec<u8>> {
+        let Some(old) = self.history.get(id) else {
+            return text(404, "no such delivery in the history".into());
+        };
+        if !old.verified {
+            return text(
+                409,
+                format!("delivery {} was not verified ({}); only a verified delivery can be redelivered", old.id, old.outcome),
+            );
+        }
+        let rt = self.live.get();
+        let Some(receiver) = rt.receivers.iter().find(|r| r.label == old.receiver) else {
+            return text(
+                409,
+                format!("receiver {} is no longer configured", old.receiver),
+            );
+        };
+        if receiver.forward.is_some() {
+            return text(
+                409,
+                "the receiver forwards to Flux's own receiver, which needs the body; it is not kept".into(),
+            );
+        }
+        if receiver.filters.iter().any(|f| !f.is_empty()) {
+            return text(
+                409,
+                "the receiver's resource filters read the delivery, whose body is not kept".into(),
+            );
+        }
+        // With relay.events, the Event says which delivery this was, redelivered by an operator;
+        // the pushed commit is not in the record (no body is kept).
+        let note = self.relay.writes_events().then(|| crate::relay::events::Note {
+            receiver: receiver.label.clone(),
+            event: old.event.clone(),
+            delivery: old.delivery.clone(),
+            push: Default::default(),
+        });
+        let mut delivered = match self
+            .relay
+            .deliver(&receiver.targets, &[], &receiver.reach, note)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => return text(503, format!("cannot queue the delivery: {e}")),
+        };
+        let fleet = self.relay.fleet();
+        let targets = history::results(&receiver.targets, &delivered, |c| {
+            fleet.cluster(c).map_or("", |c| &*c.name)
+        });
+        let pending = std::mem::take(&mut delivered.pending);
+        let mut record = Record {
+            time: history::now(),
+            receiver: receiver.label.clone(),
+            kind: receiver.kind.to_string(),
+            client: "admin".into(),
+            delivery: old.delivery.clone(),
+            event: old.event.clone(),
+            outcome: "queued".into(),
+            verified: true,
+            requested_at: Some(delivered.requested_at.clone()),
+            targets,
+            redelivery_of: Some(old.id.clone()),
+            ..Record::default()
+        };
+        record.settle();
+        record.status = match record.outcome.as_str() {
+            "relayed" => 200,
+            "queued" => 202,
+            _ => 502,
+        };
+        let targets = record.targets.clone();
+        let status = record.status;
+        let id = self.history.add(record);
+        self.history
+            .follow(id.clone(), delivered.requested_at, &targets, pending);
+        match self.history.get(&id) {
+            Some(r) => json(status, &r),
+            None => text(status, id),
+        }
+    }
+}
+
+impl AdminApp {
+    /// The status page, with a Content-Security-Policy that lets only its own nonce'd style
+    /// and script run, and only connect back here.
+    fn page(&self) -> Response<Vec<u8>> {
+        let rt = self.live.get();
+        let records = self.history.list(&Query {
+            limit: Some(200),
+            ..Query::default()
+        });
+        let m = crate::metrics::get();
+        let view = status_page::View {
+            receivers: &rt.receivers,
+            records: &records,
+            unrouted: self.history.unrouted(),
+            cert_not_after: self
+                .resolver
+                .current()
+                .and_then(|ck| super::tls::not_after(&ck)),
+            clusters: self
+                .relay
+                .fleet()
+                .clusters()
+                .iter()
+                .map(|c| {
+                    let l = [&*c.name];
+                    status_page::ClusterView {
+                        name: c.name.to_string(),
+                        api_up: c.is_up(),
+                        queue_depth: m.queue_depth.with_label_values(&l).get(),
+                        queue_oldest_seconds: m.queue_oldest_seconds.with_label_values(&l).get(),
+                    }
+                })
+                .collect(),
+        };
+        let (body, nonce) = status_page::render(&view);
+        let csp = format!(
+            "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        );
+        let body = body.into_bytes();
+        Response::builder()
+            .status(200)
+            .header("Content-Type", "text/html; charset=utf-8")
+            .header("Content-Length", body.len())
+            .header("Cache-Control", "no-store")
+            .header("Content-Security-Policy", csp)
+            .header("X-Content-Type-Options", "nosniff")
+            .header("Referrer-Policy", "no-referrer")
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+/// `?receiver=&outcome=&since=&limit=`, each optional.
+fn deliveries_query(query: &str) -> Result<Query, String> {
+    let mut q = Query::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "receiver" => q.receiver = Some(v.into_owned()),
+            "outcome" => q.outcome = Some(v.into_owned()),
+            "since" => {
+                q.since = Some(history::parse_time(&v).ok_or_else(|| {
+                    format!("since: {v:?} is not an RFC 3339 time like 2026-01-02T15:04:05Z")
+                })?)
+            }
+            "limit" => {
+                q.limit = Some(
+                    v.parse()
+                        .map_err(|_| format!("limit: {v:?} is not a number"))?,
+                )
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}; use receiver, outcome, since or limit"
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn json(status: u16, value: &impl serde::Serialize) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("Content-Length", body.len())
+        .header("Cache-Control", "no-store")
+        .header("X-Content-Type-Options", "nosniff")
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// How often an idle stream sends a comment, so proxies and clients see it is alive.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /deliveries/stream`: each new or updated record as a server-sent event
+/// (`event: delivery`, its JSON as data), until the client goes or the process stops.
+async fn stream_deliveries(s: &mut ServerSession, history: &History, shutdown: &ShutdownWatch) {
+    let mut live = history.subscribe();
+    let mut head = match ResponseHeader::build(200, Some(5)) {
+        Ok(h) => h,
+        Err(_) => return,
+    };
+    for (k, v) in [
+        ("Content-Type", "text/event-stream"),
+        ("Cache-Control", "no-store"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Transfer-Encoding", "chunked"),
+    ] {
+        if head.insert_header(k, v).is_err() {
+            return;
+        }
+    }
+    s.set_keepalive(None);
+    if s.write_response_header(Box::new(head)).await.is_err() {
+        return;
+    }
+    // A first comment, so the client knows the stream is open before any delivery.
+    let hello = Bytes::from_static(b": fluxgate deliveries\n\n");
+    if s.write_response_body(hello, false).await.is_err() {
+        return;
+    }
+    let mut shutdown = shutdown.clone();
+    loop {
+        let event = tokio::select! {
+            r = live.recv() => match r {
+                Ok(record) => match serde_json::to_string(&*record) {
+                    Ok(data) => Bytes::from(Sse::default().event("delivery").id(record.id.clone()).data(data)),
+                    Err(_) => continue,
+                },
+                // Too slow a reader: it misses some, and is told so.
+                Err(broadcast::error::RecvError::Lagged(n)) => Bytes::from(Sse::default().event("lagged").data(n.to_string())),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tokio::time::sleep(STREAM_KEEPALIVE) => Bytes::from_static(b": keep-alive\n\n"),
+            _ = shutdown.changed() => return,
+        };
+        if s.write_response_body(event, false).await.is_err() {
+            return;
         }
     }
 }

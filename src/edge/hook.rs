@@ -11,13 +11,15 @@ use crate::config::Receiver;
 use crate::guard::client_ip::{self, Client};
 use crate::guard::rate::retry_after_secs;
 use crate::guard::replay::{self, Claim, Mark};
+use crate::history::{self, History, Record, TargetResult};
 use crate::metrics;
 use crate::refusal::{Cause, Refusal};
+use crate::relay::events;
 use crate::relay::filter;
 use crate::relay::forward::{forward, ForwardSpec};
 use crate::relay::queue::Outcome;
 use crate::relay::{Patched, Relay};
-use crate::verify::{BodyCheck, Evidence};
+use crate::verify::{BodyCheck, Evidence, ReceiverType};
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora::http::RequestHeader;
@@ -28,6 +30,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at};
 
 /// Bodies this small are read and dropped after an early refusal, so the connection can be
@@ -45,6 +48,7 @@ pub struct Limits {
 pub struct HookApp {
     pub live: Arc<Live>,
     relay: Arc<Relay>,
+    history: Arc<History>,
 }
 
 /// The JSON answer to a verified delivery.
@@ -99,21 +103,44 @@ struct Verified<'a> {
     /// Present when the receiver keeps bodies (`Receiver::keep_body`).
     body: Option<Vec<u8>>,
     evidence: Evidence,
+    /// GitHub's pushed commit and ref, read with `relay.events` on.
+    push: events::Push,
 }
 
-/// What the log line of one request says.
+/// Where the streamed body goes besides the signature check.
+struct Sinks<'a> {
+    digest: &'a mut replay::BodyDigest,
+    kept: Option<&'a mut KeptBody>,
+    push_head: Option<&'a mut events::BodyHead>,
+}
+
+/// What the log line and the history's record of one request say, filled in as the
+/// request passes its phases and written once, in `finish`.
 #[derive(Default)]
 struct Delivery {
+    /// The path was looked up: without a receiver, it named none.
+    routed: bool,
     receiver: Option<Arc<Receiver>>,
     client: Option<IpAddr>,
     delivery_id: Option<String>,
     event: Option<String>,
     patched: usize,
+    /// Passed verification (and the event and replay checks after it).
+    verified: bool,
+    requested_at: Option<String>,
+    /// Per target, in order: what the relay did by the time of the answer.
+    targets: Vec<TargetResult>,
+    /// The relay's later word on targets still queued at the answer.
+    pending: Vec<(usize, oneshot::Receiver<Outcome>)>,
 }
 
 impl HookApp {
-    pub fn new(live: Arc<Live>, relay: Arc<Relay>) -> Self {
-        HookApp { live, relay }
+    pub fn new(live: Arc<Live>, relay: Arc<Relay>, history: Arc<History>) -> Self {
+        HookApp {
+            live,
+            relay,
+            history,
+        }
     }
 
     /// Serves one request on a connection; returns the connection if it can be reused.
@@ -190,8 +217,16 @@ impl HookApp {
         // What identifies a signed body for the replay check, computed as it streams.
         let mut digest =
             replay::BodyDigest::new(check.needs_body() && !receiver.replay_window.is_zero());
-        read_body(rt, s, cap, &mut check, &mut digest, kept.as_mut()).await?;
+        let mut push_head = self.push_head(&receiver);
+        let sinks = Sinks {
+            digest: &mut digest,
+            kept: kept.as_mut(),
+            push_head: push_head.as_mut(),
+        };
+        read_body(rt, s, cap, &mut check, sinks).await?;
         verify_body(rt, check, who, &receiver)?;
+        // Read only now that the body is verified.
+        let push = push_head.map(|h| h.push()).unwrap_or_default();
         // Its share of the budget is held as long as the body: until the relay is done.
         let (body, _held) = kept.map(KeptBody::into_parts).unzip();
         let evidence = verify_complete(rt, &receiver, s, body.as_deref(), who, credential).await?;
@@ -202,10 +237,12 @@ impl HookApp {
         event_accepted(&receiver, event.as_deref(), log)?;
         receiver_rate(rt, &receiver)?;
         let marks = replay(rt, &receiver, delivery_id.as_deref(), digest.finish())?;
+        log.verified = true;
         let verified = Verified {
             head: s.req_header(),
             body,
             evidence,
+            push,
         };
         let answer = self
             .relay_or_forward(&receiver, verified, client, log)
@@ -215,6 +252,12 @@ impl HookApp {
             rt.guard.replays.release(receiver.id, &marks);
         }
         Ok(answer)
+    }
+
+    /// With `relay.events`, a GitHub body's first bytes are kept to name the pushed commit.
+    fn push_head(&self, receiver: &Receiver) -> Option<events::BodyHead> {
+        (self.relay.writes_events() && receiver.kind == ReceiverType::Github)
+            .then(events::BodyHead::new)
     }
 
     async fn relay_or_forward(
@@ -253,9 +296,15 @@ impl HookApp {
                 return Answer::refused(&Refusal::bad_request(Cause::MalformedRequest, why))
             }
         };
-        let delivered = match self
+        let note = self.relay.writes_events().then(|| events::Note {
+            receiver: receiver.label.clone(),
+            event: log.event.clone(),
+            delivery: log.delivery_id.clone(),
+            push: verified.push.clone(),
+        });
+        let mut delivered = match self
             .relay
-            .deliver(&receiver.targets, &filters, &receiver.reach)
+            .deliver(&receiver.targets, &filters, &receiver.reach, note)
             .await
         {
             Ok(d) => d,
@@ -269,6 +318,9 @@ impl HookApp {
         };
         let fleet = self.relay.fleet();
         let name = |c: usize| fleet.cluster(c).map_or("", |c| &*c.name);
+        log.targets = history::results(&receiver.targets, &delivered, name);
+        log.requested_at = Some(delivered.requested_at.clone());
+        log.pending = std::mem::take(&mut delivered.pending);
         let mut patched = Vec::new();
         let mut filtered = Vec::new();
         let mut unmatched = Vec::new();
@@ -283,6 +335,7 @@ impl HookApp {
                     patched: p,
                     filtered: f,
                     unmatched: none,
+                    ..
                 }) => {
                     patched.extend(p.iter());
                     filtered.extend(f.iter());
@@ -420,37 +473,16 @@ impl HookApp {
         if !body_done && declared_length(&s).is_none_or(|n| n > DRAIN_LIMIT) {
             s.set_keepalive(None);
         }
+        // Counted and logged before the answer goes out: whoever reads the answer (a provider,
+        // a test, a monitoring probe) then finds the metrics and the log line already there.
+        count_and_log(&log, &answer, started);
+        self.record(log, &answer);
         let written = answer.write(&mut s).await;
         if !body_done && written.is_ok() {
             // Read (and drop) what the client is still sending for a moment, so that closing
             // does not reset the connection before the client has read the answer.
             let _ = timeout(Duration::from_secs(1), s.drain_request_body()).await;
         }
-        let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
-        let m = metrics::get();
-        m.deliveries
-            .with_label_values(&[
-                receiver,
-                log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
-                answer.outcome,
-            ])
-            .inc();
-        m.request_seconds
-            .with_label_values(&[receiver])
-            .observe(started.elapsed().as_secs_f64());
-        tracing::info!(
-            target: "fluxgate::delivery",
-            receiver,
-            client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
-            delivery = log.delivery_id.as_deref().unwrap_or("-"),
-            event = log.event.as_deref().unwrap_or("-"),
-            outcome = answer.outcome,
-            status = answer.status,
-            reason = answer.reason().unwrap_or(""),
-            patched = log.patched,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "delivery"
-        );
         written.ok()?;
         if !head_read {
             return None;
@@ -459,6 +491,69 @@ impl HookApp {
         match s.finish().await {
             Ok(reusable) => reusable.map(|r| ReusedHttpStream::from_reusable_stream(r, persist)),
             Err(_) => None,
+        }
+    }
+}
+
+/// Counts the request and writes its log line: what every request leaves, whatever its phase
+/// ended it.
+fn count_and_log(log: &Delivery, answer: &Answer, started: Instant) {
+    let receiver = log.receiver.as_deref().map_or("-", |r| r.label.as_str());
+    let m = metrics::get();
+    m.deliveries
+        .with_label_values(&[
+            receiver,
+            log.receiver.as_deref().map_or("-", |r| r.kind.as_str()),
+            answer.outcome,
+        ])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[receiver])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "fluxgate::delivery",
+        receiver,
+        client = %log.client.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        delivery = log.delivery_id.as_deref().unwrap_or("-"),
+        event = log.event.as_deref().unwrap_or("-"),
+        outcome = answer.outcome,
+        status = answer.status,
+        reason = answer.reason().unwrap_or(""),
+        patched = log.patched,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "delivery"
+    );
+}
+
+impl HookApp {
+    /// The one place a request becomes a record of the history: requests that reached a
+    /// receiver are recorded, those to unknown paths only counted.
+    fn record(&self, log: Delivery, answer: &Answer) {
+        let Some(receiver) = &log.receiver else {
+            if log.routed {
+                self.history.count_unrouted();
+            }
+            return;
+        };
+        let record = Record {
+            time: history::now(),
+            receiver: receiver.label.clone(),
+            kind: receiver.kind.to_string(),
+            client: log.client.map(|c| c.to_string()).unwrap_or_default(),
+            delivery: log.delivery_id,
+            event: log.event,
+            status: answer.status,
+            outcome: answer.outcome.to_string(),
+            reason: answer.reason().map(str::to_string),
+            verified: log.verified,
+            requested_at: log.requested_at.clone(),
+            targets: log.targets,
+            ..Record::default()
+        };
+        let targets = record.targets.clone();
+        let id = self.history.add(record);
+        if let Some(at) = log.requested_at {
+            self.history.follow(id, at, &targets, log.pending);
         }
     }
 }
@@ -489,6 +584,7 @@ fn client_address(rt: &Runtime, s: &ServerSession, peer: IpAddr, log: &mut Deliv
 /// The receiver the path names, if any.
 fn route(rt: &Runtime, s: &ServerSession, log: &mut Delivery) -> Option<Arc<Receiver>> {
     let route = rt.routes.find(&s.req_header().uri).cloned();
+    log.routed = true;
     log.receiver = route.clone();
     route
 }
@@ -637,8 +733,7 @@ async fn read_body(
     s: &mut ServerSession,
     cap: BodyCap,
     check: &mut BodyCheck,
-    digest: &mut replay::BodyDigest,
-    mut kept: Option<&mut KeptBody>,
+    mut sinks: Sinks<'_>,
 ) -> Phase<()> {
     let deadline = tokio::time::Instant::now() + rt.limits.body_timeout;
     let mut total: u64 = 0;
@@ -670,9 +765,12 @@ async fn read_body(
                     return Err(cap.too_large());
                 }
                 check.update(&chunk);
-                digest.update(&chunk);
-                if let Some(b) = kept.as_deref_mut() {
+                sinks.digest.update(&chunk);
+                if let Some(b) = sinks.kept.as_deref_mut() {
                     b.push(&chunk, cap, &rt.guard.bodies)?;
+                }
+                if let Some(h) = sinks.push_head.as_deref_mut() {
+                    h.update(&chunk);
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod live;
 pub mod maintenance;
 pub mod notify;
 pub mod routes;
+pub mod status_page;
 pub mod tls;
 pub mod tls_stream;
 pub mod upgrade;
@@ -20,6 +21,7 @@ use crate::cluster::status::WatchStatus;
 use crate::cluster::ClusterWatch;
 use crate::config::Settings;
 use crate::fleet::Fleet;
+use crate::history::History;
 use crate::relay::job::Job;
 use crate::relay::store::Store;
 use crate::relay::Relay;
@@ -114,6 +116,7 @@ pub fn run(
         settings.receivers.len()
     );
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
+    let relay_events = settings.relay.events;
 
     let cluster = settings
         .cluster
@@ -136,7 +139,27 @@ pub fn run(
         &relay_queue,
         resumed,
     ));
+    if relay_events {
+        // One recorder for every cluster: it knows the deliveries, each cluster's API writes
+        // the Events on its own objects.
+        let recorder = Arc::new(crate::relay::events::Recorder::new());
+        for c in fleet.clusters() {
+            c.api.set_events(recorder.clone());
+        }
+    }
     let durable = fleet.is_durable();
+    let history = match &settings.relay.queue_dir {
+        Some(dir) => match History::open(settings.history.size, dir) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("fluxgate: delivery history: {e}");
+                std::process::exit(1);
+            }
+        },
+        None => History::memory(settings.history.size),
+    };
+    let history = Arc::new(history);
+    let admin_token = settings.admin.token.clone();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let resolver = Arc::new(tls::CertResolver::new(
         settings.server.certified_key.clone(),
@@ -148,6 +171,7 @@ pub fn run(
         "connections on the hook listener are capped (0: no cap)"
     );
     let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
+    let admin_resolver = resolver.clone();
 
     let tls = match tls::server_config(resolver) {
         Ok(c) => tokio_rustls::TlsAcceptor::from(c),
@@ -156,7 +180,11 @@ pub fn run(
             std::process::exit(1);
         }
     };
-    let app = Arc::new(hook::HookApp::new(live.clone(), relay.clone()));
+    let app = Arc::new(hook::HookApp::new(
+        live.clone(),
+        relay.clone(),
+        history.clone(),
+    ));
     let mut hooks = Service::new(
         "fluxgate hooks".to_string(),
         connection::HookServer { app, tls, capacity },
@@ -174,11 +202,14 @@ pub fn run(
 
     let mut admin = Service::new(
         "fluxgate admin".to_string(),
-        pingora::apps::http_app::HttpServer::new_app(admin::AdminApp::new(
+        admin::AdminApp::new(
             relay,
-            live.clone(),
             cluster.as_ref().map(|c| c.1.clone()),
-        )),
+            live.clone(),
+            history,
+            admin_token,
+            admin_resolver,
+        ),
     );
     admin.threads = Some(1);
     admin.add_tcp(&admin_listen.to_string());

@@ -78,6 +78,11 @@ impl CertResolver {
         }
     }
 
+    /// The certificate served now, for the status page.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+
     pub fn replace(&self, ck: Arc<CertifiedKey>) {
         if let Ok(mut cur) = self.current.write() {
             *cur = ck;

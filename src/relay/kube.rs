@@ -1,5 +1,6 @@
 //! The Kubernetes API, through kube-rs, with the service account's kubeconfig.
 
+use super::events::Recorder;
 use super::target::Target;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -8,6 +9,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::json;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -190,6 +192,9 @@ fn yaml_error(e: &serde_saphyr::Error) -> String {
 pub struct KubeApi {
     config: kube::Config,
     client: OnceCell<Client>,
+    /// `relay.events`: writes an Event beside each successful patch. Set once, after the
+    /// fleet's clusters are built.
+    events: OnceLock<Arc<Recorder>>,
 }
 
 impl KubeApi {
@@ -197,7 +202,17 @@ impl KubeApi {
         KubeApi {
             config,
             client: OnceCell::new(),
+            events: OnceLock::new(),
         }
+    }
+
+    /// Turns `relay.events` on for this cluster (a second call changes nothing).
+    pub fn set_events(&self, recorder: Arc<Recorder>) {
+        let _ = self.events.set(recorder);
+    }
+
+    pub fn events(&self) -> Option<&Arc<Recorder>> {
+        self.events.get()
     }
 
     async fn client(&self) -> Result<Client, ApiError> {
@@ -262,9 +277,13 @@ impl KubeApi {
         requested_at: &str,
     ) -> Result<(), ApiError> {
         let patch = json!({"metadata": {"annotations": {REQUESTED_AT: requested_at}}});
-        Self::api(self.client().await?, target)
+        let client = self.client().await?;
+        let object = Self::api(client.clone(), target)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        if let Some(events) = self.events.get() {
+            events.patched(client, target, &object, requested_at);
+        }
         Ok(())
     }
 

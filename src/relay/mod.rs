@@ -1,6 +1,7 @@
 //! The relay: turns a verified delivery into "reconcile now" jobs, one per target, kept in a
 //! durable queue until the Kubernetes API has accepted them.
 
+pub mod events;
 pub mod filter;
 pub mod forward;
 pub mod job;
@@ -17,6 +18,7 @@ use crate::fleet::{ClusterId, Fleet};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// How a cluster's queue treats its API server; each cluster's queue has its own copy.
 #[derive(Debug, Clone)]
@@ -56,6 +58,9 @@ pub struct Delivered {
     pub requested_at: String,
     /// Target by target, and for each its clusters in fleet order.
     pub results: Vec<Reached>,
+    /// Where an outcome is `None`: its position in `results` and where its outcome will
+    /// come, for the delivery history to follow the job after the answer.
+    pub pending: Vec<(usize, oneshot::Receiver<Outcome>)>,
 }
 
 pub struct Relay {
@@ -73,6 +78,11 @@ impl Relay {
         &self.fleet.home().api
     }
 
+    /// Whether deliveries should say what the Events will name (`relay.events`).
+    pub fn writes_events(&self) -> bool {
+        self.api().events().is_some()
+    }
+
     pub fn fleet(&self) -> &Arc<Fleet> {
         &self.fleet
     }
@@ -80,14 +90,19 @@ impl Relay {
     /// Queues one job per target and cluster it reaches (durably, when the queue is), each
     /// cluster in its own queue, and waits up to `relay.wait` for them. `filters` is empty
     /// when no target has any, or holds each target's filter in order; `reach` holds each
-    /// target's clusters. An error means it could not be queued at all.
+    /// target's clusters; `note` is what the targets' Events say, with `relay.events` on. An
+    /// error means it could not be queued at all.
     pub async fn deliver(
         &self,
         targets: &[Arc<Target>],
         filters: &[Option<Arc<Filter>>],
         reach: &[Arc<[ClusterId]>],
+        note: Option<events::Note>,
     ) -> Result<Delivered, String> {
         let generation = job::next_generation();
+        if let (Some(recorder), Some(note)) = (self.api().events(), note) {
+            recorder.note(targets, &job::requested_at(generation), note);
+        }
         // Not waiting means not touching the timer at all: tokio rounds a deadline of "now"
         // up to its next millisecond tick, which would hold every answer for up to 1 ms.
         let wait = !self.wait.is_zero();
@@ -113,23 +128,29 @@ impl Relay {
                     .map(|&i| filters.get(i).cloned().flatten())
                     .collect()
             };
-            cluster.queue.submit(&ts, &fs, generation, wait).await
+            // Always with waiters: the delivery history follows what is still queued.
+            cluster.queue.submit(&ts, &fs, generation, true).await
         });
         let waiting = futures::future::join_all(submits).await;
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut results = Vec::new();
+        let mut pending = Vec::new();
         for ((c, idx), rxs) in parts.iter().zip(waiting) {
             // One deadline for all: each cluster's jobs are waited on in turn, but the
             // clusters' queues work at once.
             let mut rxs = rxs?.into_iter();
             for &i in idx {
-                let outcome = match rxs.next() {
-                    Some(rx) => tokio::time::timeout_at(deadline, rx)
+                let mut rx = rxs.next();
+                let outcome = match rx.as_mut() {
+                    Some(rx) if wait => tokio::time::timeout_at(deadline, rx)
                         .await
                         .ok()
                         .and_then(Result::ok),
-                    None => None,
+                    _ => None,
                 };
+                if let (None, Some(rx)) = (&outcome, rx) {
+                    pending.push(((*c, i), rx));
+                }
                 results.push(Reached {
                     cluster: *c,
                     target: i,
@@ -138,9 +159,18 @@ impl Relay {
             }
         }
         results.sort_by_key(|r| (r.target, r.cluster));
+        // Followed by position in the sorted results.
+        let pending = pending
+            .into_iter()
+            .filter_map(|(key, rx)| {
+                let at = results.iter().position(|r| (r.cluster, r.target) == key)?;
+                Some((at, rx))
+            })
+            .collect();
         Ok(Delivered {
             requested_at: job::requested_at(generation),
             results,
+            pending,
         })
     }
 }

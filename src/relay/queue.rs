@@ -24,6 +24,9 @@ pub enum Outcome {
         filtered: Vec<Patched>,
         /// A label selector that matched no object.
         unmatched: bool,
+        /// The requestedAt of the patch: a later one than a delivery's own means the delivery
+        /// was coalesced into a newer one's patch.
+        at: String,
     },
     Refused(ApiError),
     /// A filter could not be evaluated (a missing key, not a bool): no object of the target
@@ -292,10 +295,16 @@ impl Queue {
             };
             e.in_flight = false;
             let newer = e.job.generation > job.generation;
-            let result_label;
+            // Counted before any waiting delivery hears the outcome, so that whoever reads its
+            // answer finds the count already there.
+            let count = |result: &str| {
+                m.relay_jobs
+                    .with_label_values(&[&*self.cluster, job.target.kind.as_str(), result])
+                    .inc();
+            };
             match result.map_err(Failure::final_outcome) {
                 Ok(done) => {
-                    result_label = "patched";
+                    count("patched");
                     lock(&self.last_patch).insert(key.0.clone(), now);
                     resolve(
                         &mut e.waiters,
@@ -304,6 +313,7 @@ impl Queue {
                             patched: done.patched,
                             filtered: done.filtered,
                             unmatched: done.unmatched,
+                            at: at.clone(),
                         },
                     );
                     e.job.attempts = 0;
@@ -314,7 +324,7 @@ impl Queue {
                     }
                 }
                 Err(Ok(outcome)) => {
-                    result_label = "refused";
+                    count("refused");
                     match &outcome {
                         Outcome::FilterFailed(why) => {
                             tracing::error!(cluster = %self.cluster, target_object = %job.target, "a resource filter could not be evaluated, nothing reconciled: {why}")
@@ -337,7 +347,7 @@ impl Queue {
                     let out_of_attempts = self.settings.max_attempts > 0
                         && e.job.attempts >= self.settings.max_attempts;
                     if age >= self.settings.max_age || out_of_attempts {
-                        result_label = "dropped";
+                        count("dropped");
                         let why = format!(
                             "gave up after {} attempts over {}: {err}",
                             e.job.attempts,
@@ -348,7 +358,7 @@ impl Queue {
                         remove = Some(e.job.generation);
                         entries.remove(&key);
                     } else {
-                        result_label = "retried";
+                        count("retried");
                         let wait = err
                             .retry_after()
                             .unwrap_or_else(|| self.backoff(e.job.attempts));
@@ -357,9 +367,6 @@ impl Queue {
                     }
                 }
             }
-            m.relay_jobs
-                .with_label_values(&[&*self.cluster, job.target.kind.as_str(), result_label])
-                .inc();
         }
         if let Some(generation) = remove {
             if let Err(e) = self.store.remove(job.key(), generation).await {

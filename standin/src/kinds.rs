@@ -206,6 +206,18 @@ pub(crate) fn default_kinds() -> Vec<KindInfo> {
             short_names: &["cm"],
             custom: false,
         },
+        // Core Events, which kubectl describe and flux events read: fluxgate writes one per
+        // reconcile request when relay.events is on.
+        KindInfo {
+            group: "",
+            version: "v1",
+            kind: "Event",
+            plural: "events",
+            singular: "event",
+            namespaced: true,
+            short_names: &["ev"],
+            custom: false,
+        },
         KindInfo {
             group: "",
             version: "v1",

@@ -396,6 +396,19 @@ impl StandIn {
         lock(&self.state.store).get(&key).cloned()
     }
 
+    /// Every stored object of a kind in a namespace, ordered by name (for
+    /// objects whose names the client chose, such as Events).
+    pub fn objects(&self, api_version: &str, kind: &str, namespace: &str) -> Vec<Value> {
+        let Some(k) = self.state.kinds.by_kind(api_version, kind) else {
+            return Vec::new();
+        };
+        let ns = if k.namespaced { Some(namespace) } else { None };
+        lock(&self.state.store)
+            .list(k.group, k.plural, ns)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Creates or replaces an object behind the API's back (watches see it),
     /// with the same rules as [`Config::object`]. A replaced custom resource
     /// keeps its uid, and its generation goes up if its spec changed, as in

@@ -144,6 +144,22 @@ fn selectable_fields(kind: &KindInfo) -> Vec<&'static str> {
     match (kind.group, kind.kind) {
         ("", "Secret") => vec!["metadata.name", "metadata.namespace", "type"],
         ("", "Namespace") => vec!["metadata.name", "status.phase"],
+        // The apiserver's EventToSelectableFields.
+        ("", "Event") => vec![
+            "metadata.name",
+            "metadata.namespace",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
         _ => vec!["metadata.name", "metadata.namespace"],
     }
 }
@@ -154,6 +170,13 @@ fn field_value(obj: &Value, field: &str) -> Option<String> {
         "metadata.namespace" => meta_str(obj, "namespace").to_string(),
         "type" => obj.get("type")?.as_str()?.to_string(),
         "status.phase" => obj.get("status")?.get("phase")?.as_str()?.to_string(),
+        "source" => obj.get("source")?.get("component")?.as_str()?.to_string(),
+        "reason" | "reportingComponent" => obj.get(field)?.as_str()?.to_string(),
+        f if f.starts_with("involvedObject.") => obj
+            .get("involvedObject")?
+            .get(&f["involvedObject.".len()..])?
+            .as_str()?
+            .to_string(),
         _ => return None,
     })
 }

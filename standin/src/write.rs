@@ -142,6 +142,9 @@ pub(crate) fn create(state: &State, req: &Request, t: &Target) -> ApiResult<Repl
         ));
     }
     errs.extend(objects::validate_meta(kind, &obj, true));
+    if kind.group.is_empty() && kind.kind == "Event" {
+        errs.extend(event_namespace(&obj, &t.namespace));
+    }
     if !errs.is_empty() {
         return Err(invalid_for(kind, &name, &errs));
     }
@@ -168,6 +171,23 @@ pub(crate) fn create(state: &State, req: &Request, t: &Target) -> ApiResult<Repl
     let stored = if dry { obj } else { store.write(key, obj) };
     drop(store);
     render_one(req, kind, &stored, 201)
+}
+
+/// The apiserver's legacy (core v1) Event validation: an Event lives in the namespace of the
+/// object it is about.
+fn event_namespace(obj: &Value, namespace: &str) -> Option<FieldError> {
+    let involved = obj
+        .get("involvedObject")
+        .and_then(|o| o.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    (!involved.is_empty() && involved != namespace).then(|| {
+        FieldError::invalid(
+            "involvedObject.namespace",
+            involved,
+            "does not match event.namespace",
+        )
+    })
 }
 
 /// The shared update path (`Store.Update` + `rest.BeforeUpdate` + the

@@ -658,3 +658,67 @@ async fn accept_and_alternative_representations() {
     assert_eq!(v["rows"][0]["cells"][0], "api");
     assert_eq!(v["rows"][0]["cells"][3], "True");
 }
+
+/// Core Events, as fluxgate's `relay.events` writes them: created with a client-chosen name,
+/// refused without RBAC, validated against their namespace like the apiserver's legacy
+/// validation, and selectable by the fields `kubectl describe` searches on.
+#[tokio::test]
+async fn events_are_created_validated_and_selected_by_involved_object() {
+    const EVENTS: &str = "/api/v1/namespaces/flux-system/events";
+    let fx = Fixture::new();
+    let event = |name: &str, ns: &str| {
+        json!({"apiVersion": "v1", "kind": "Event",
+               "metadata": {"name": name, "namespace": "flux-system"},
+               "involvedObject": {"apiVersion": "source.toolkit.fluxcd.io/v1",
+                                  "kind": "GitRepository", "namespace": ns, "name": "app",
+                                  "uid": "u-1"},
+               "reason": "ReconcileRequested", "message": "m", "type": "Normal",
+               "source": {"component": "fluxgate"}, "reportingComponent": "fluxgate"})
+    };
+    // fluxgate's account has no rule for events here.
+    let (s, v) = send(
+        fx.req(Method::POST, EVENTS, Some(TOKEN))
+            .json(&event("app.1", "flux-system")),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(
+        v["message"],
+        "events is forbidden: User \"system:serviceaccount:flux-system:fluxgate\" cannot create resource \"events\" in API group \"\" in the namespace \"flux-system\""
+    );
+    let (s, v) = send(
+        fx.req(Method::POST, EVENTS, Some(ADMIN_TOKEN))
+            .json(&event("app.2", "apps")),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains(
+            "involvedObject.namespace: Invalid value: \"apps\": does not match event.namespace"
+        ),
+        "{v}"
+    );
+    let (s, v) = send(
+        fx.req(Method::POST, EVENTS, Some(ADMIN_TOKEN))
+            .json(&event("app.3", "flux-system")),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["metadata"]["name"], "app.3");
+    let (s, v) = fx
+        .get(
+            &format!("{EVENTS}?fieldSelector=involvedObject.uid%3Du-1,reason%3DReconcileRequested,source%3Dfluxgate"),
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    let (s, v) = fx
+        .get(
+            &format!("{EVENTS}?fieldSelector=involvedObject.uid%3Dother"),
+            ADMIN_TOKEN,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["items"].as_array().unwrap().is_empty(), "{v}");
+}
