@@ -65,6 +65,9 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
         }
     }
     certificate(&settings, &mut r);
+    if let Some(a) = &settings.server.acme {
+        acme(a, &mut r);
+    }
     for rec in &settings.receivers {
         // A path-only type's path is its credential: never printed whole, as in the logs.
         let path = if rec.kind.path_is_credential() {
@@ -106,6 +109,9 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
         {
             Ok(rt) => {
                 cluster(&rt, &settings, &mut r);
+                if let Some(a) = &settings.server.acme {
+                    acme_directory(&rt, a, &mut r);
+                }
                 issuers(&rt, &settings, &mut r);
             }
             Err(e) => r.problem(format!("cannot start a runtime: {e}")),
@@ -118,12 +124,15 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
 }
 
 fn certificate(s: &Settings, r: &mut Report) {
-    let Some(end) = not_after(&s.server.certified_key) else {
+    let (Some(ck), Some(cert)) = (&s.server.certified_key, &s.server.tls_cert) else {
+        return;
+    };
+    let Some(end) = not_after(ck) else {
         r.warn("server.tls_cert: cannot read the certificate's expiry");
         return;
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = s.server.tls_cert.display();
+    let cert = cert.display();
     if end <= now {
         r.problem(format!(
             "server.tls_cert: the certificate {cert} expired on {}",
@@ -144,10 +153,83 @@ fn certificate(s: &Settings, r: &mut Report) {
     }
 }
 
+/// The ACME settings and what is stored: the certificate's expiry, the storage writable.
+fn acme(a: &crate::acme::AcmeConfig, r: &mut Report) {
+    r.ok(format!(
+        "server.acme: certificates for {} from {}, answered by {}",
+        a.domains.join(", "),
+        a.directory,
+        match a.http_listen {
+            Some(addr) => format!("HTTP-01 on {addr}"),
+            None => "TLS-ALPN-01 on server.listen".into(),
+        }
+    ));
+    let storage = &a.storage;
+    if storage.exists() {
+        match writable(storage) {
+            Ok(()) => r.ok(format!(
+                "server.acme.storage {} is writable",
+                storage.display()
+            )),
+            Err(e) => r.problem(format!("server.acme.storage: {e}")),
+        }
+    } else {
+        r.ok(format!(
+            "server.acme.storage {} will be created (owner-only) at start",
+            storage.display()
+        ));
+    }
+    match crate::acme::storage::Storage::new(storage.clone()).load_certificate() {
+        Ok(Some(c)) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            if c.not_after <= now {
+                r.warn(format!(
+                    "server.acme: the stored certificate expired on {}; a new one is ordered at start",
+                    date(c.not_after)
+                ));
+            } else {
+                r.ok(format!(
+                    "server.acme: stored certificate for {} valid until {}",
+                    c.names.join(", "),
+                    date(c.not_after)
+                ));
+            }
+        }
+        Ok(None) => r.ok("server.acme: no certificate stored yet; one is ordered at start"),
+        Err(e) => r.warn(format!(
+            "server.acme.storage: {e}; a new one is ordered at start"
+        )),
+    }
+}
+
+/// Reaches the ACME directory over HTTPS, trusting `ca_roots`.
+fn acme_directory(rt: &Runtime, a: &crate::acme::AcmeConfig, r: &mut Report) {
+    let got = crate::acme::client::Http::new(a)
+        .map(|h| rt.block_on(async move { h.directory(&a.directory).await }));
+    match got {
+        Ok(Ok(dir)) => {
+            let eab_required = dir
+                .pointer("/meta/externalAccountRequired")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            if eab_required && a.eab.is_none() {
+                r.problem(format!(
+                    "server.acme.eab_kid: {} requires External Account Binding; set eab_kid and eab_hmac_key_file",
+                    a.directory
+                ));
+            } else {
+                r.ok(format!("server.acme.directory {} reached", a.directory));
+            }
+        }
+        Ok(Err(e)) | Err(e) => r.problem(format!("server.acme.directory: {e}")),
+    }
+}
+
 /// What is loose about each file holding a secret (the TLS key, the kubeconfig, receivers'
 /// secret files) and the directories holding it, as loading found it under the file's key.
 fn loose_files(s: &Settings) -> Vec<String> {
-    let mut files = vec![&s.server.tls_key, &s.kubernetes.kubeconfig];
+    let mut files: Vec<&std::path::PathBuf> = s.server.tls_key.iter().collect();
+    files.push(&s.kubernetes.kubeconfig);
     files.extend(s.receivers.iter().flat_map(|r| &r.secret_files));
     files
         .into_iter()
@@ -267,14 +349,15 @@ async fn permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r: &mut 
                 }
             }
         }
-        // Forward mode goes through the home cluster.
-        if reached || (rec.targets.is_empty() && id == 0) {
+        // Forward mode goes to the receiver's own clusters.
+        let forwarded = rec.forward.is_some() && rec.forward_clusters.contains(&id);
+        if reached || forwarded || (rec.targets.is_empty() && rec.forward.is_none() && id == 0) {
             namespaces.insert(rec.namespace.clone());
         }
     }
-    // Cluster mode watches the home cluster.
-    if s.cluster.watch_receivers && id == 0 {
-        cluster_permissions(s, api, r).await;
+    // Cluster mode watches the clusters `[cluster]` picks.
+    if s.cluster.watch_receivers && s.cluster.clusters.contains(&id) {
+        cluster_permissions(s, who, api, r).await;
     }
     if s.relay.events {
         event_permissions(s, id, who, api, r).await;
@@ -315,7 +398,7 @@ async fn event_permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r:
 
 /// Cluster mode lists and watches Receivers; Secrets it reads one by one, by name, which only
 /// the Receivers tell, so they are checked as they are read (a 403 is logged).
-async fn cluster_permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
+async fn cluster_permissions(s: &Settings, who: &str, api: &KubeApi, r: &mut Report) {
     for ns in &s.cluster.namespaces {
         let (scope, shown) = if ns == ALL_NAMESPACES {
             ("", "all namespaces")
@@ -324,17 +407,17 @@ async fn cluster_permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
         };
         for verb in ["list", "watch"] {
             match api.can_i(verb, GROUP, PLURAL, scope, None).await {
-                Ok(true) => r.ok(format!("cluster mode: may {verb} Receivers in {shown}")),
+                Ok(true) => r.ok(format!("{who}cluster mode: may {verb} Receivers in {shown}")),
                 Ok(false) => r.problem(format!(
-                    "cluster mode: the service account may not {verb} {PLURAL}.{GROUP} in {shown}; see deploy/cluster-mode/"
+                    "{who}cluster mode: the service account may not {verb} {PLURAL}.{GROUP} in {shown}; see deploy/cluster-mode/"
                 )),
                 Err(e) => r.problem(format!(
-                    "cluster mode: cannot review {verb} on Receivers in {shown}: {e}"
+                    "{who}cluster mode: cannot review {verb} on Receivers in {shown}: {e}"
                 )),
             }
         }
         if let Ok(true) = api.can_i("list", "", "secrets", scope, None).await {
-            r.warn(format!("the service account may list Secrets in {shown}; cluster mode needs only get on the Secrets the Receivers name"));
+            r.warn(format!("{who}the service account may list Secrets in {shown}; cluster mode needs only get on the Secrets the Receivers name"));
         }
     }
 }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod check;
 pub mod cli;
 pub mod cluster;

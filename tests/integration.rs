@@ -7,6 +7,7 @@
 
 mod common;
 
+mod acme;
 mod body_budget;
 mod body_limit;
 mod cluster;

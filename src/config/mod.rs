@@ -2,6 +2,7 @@
 //! from the environment as `FLUXGATE__SECTION__KEY`. Loading validates everything a delivery
 //! will need, so a mistake stops start-up with the key and the reason instead of failing later.
 
+mod acme;
 mod admin;
 mod cluster;
 mod defences;
@@ -74,6 +75,7 @@ struct RawServer {
     shutdown_timeout: Option<String>,
     upgrade_sock: Option<PathBuf>,
     watch_interval: Option<String>,
+    acme: Option<acme::RawAcme>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,9 +112,12 @@ pub struct Settings {
 pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
-    pub certified_key: Arc<CertifiedKey>,
+    /// The certificate files; `None` with `acme`, whose certificate comes from the CA.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub certified_key: Option<Arc<CertifiedKey>>,
+    /// `[server.acme]`: automatic HTTPS.
+    pub acme: Option<crate::acme::AcmeConfig>,
     pub max_body_bytes: u64,
     pub head_timeout: Duration,
     pub body_timeout: Duration,
@@ -192,8 +197,8 @@ impl Settings {
             .iter()
             .flat_map(|r| r.secret_files.iter().cloned())
             .collect();
-        files.push(self.server.tls_cert.clone());
-        files.push(self.server.tls_key.clone());
+        files.extend(self.server.tls_cert.clone());
+        files.extend(self.server.tls_key.clone());
         files
     }
 
@@ -240,8 +245,9 @@ impl Settings {
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers
             || self.cluster.namespaces != new.cluster.namespaces
+            || self.cluster.clusters != new.cluster.clusters
         {
-            d.push("cluster.watch_receivers/namespaces");
+            d.push("cluster.watch_receivers/namespaces/clusters");
         }
         d
     }
@@ -360,18 +366,41 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         "127.0.0.1:9102",
         &mut p,
     );
-    let tls_cert = required_path(
-        "server.tls_cert",
-        s.tls_cert,
-        "the PEM certificate chain served to providers",
-        &mut p,
-    );
-    let tls_key = required_path(
-        "server.tls_key",
-        s.tls_key,
-        "the PEM private key of server.tls_cert",
-        &mut p,
-    );
+    // With [server.acme] the certificate comes from the CA: the files must not be named too.
+    let uses_acme = s.acme.is_some();
+    if uses_acme {
+        for (key, set) in [
+            ("server.tls_cert", s.tls_cert.is_some()),
+            ("server.tls_key", s.tls_key.is_some()),
+        ] {
+            if set {
+                p.add(
+                    key,
+                    "cannot be used with [server.acme], which obtains the certificate: remove one or the other",
+                );
+            }
+        }
+    }
+    let tls_cert = if uses_acme {
+        None
+    } else {
+        required_path(
+            "server.tls_cert",
+            s.tls_cert,
+            "the PEM certificate chain served to providers (or use [server.acme])",
+            &mut p,
+        )
+    };
+    let tls_key = if uses_acme {
+        None
+    } else {
+        required_path(
+            "server.tls_key",
+            s.tls_key,
+            "the PEM private key of server.tls_cert",
+            &mut p,
+        )
+    };
     for (key, file) in [("server.tls_key", &tls_key)] {
         if let Some(w) = file.as_deref().and_then(crate::secret::loose_permissions) {
             warnings.push(format!("{key}: {w}"));
@@ -473,9 +502,12 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let relay = relay::relay(raw.relay, &mut p);
     let admin = admin::admin(raw.admin, admin_listen, &mut p, &mut warnings);
     let history = admin::history(raw.history, &mut p);
+    let acme = s
+        .acme
+        .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &mut p));
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
-    let mut cluster = cluster::cluster(raw.cluster, &mut ranges, &mut p);
+    let mut cluster = cluster::cluster(raw.cluster, &clusters, &mut ranges, &mut p);
     cluster.defaults.rules = Rules {
         no_cross_namespace_refs,
     };
@@ -523,24 +555,15 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         receivers.push(Arc::new(rec));
     }
 
+    // Either the certificate files or ACME: one of them is there once the problems are none.
     match (
         p.0.is_empty(),
         listen,
         admin_listen,
-        tls_cert,
-        tls_key,
-        certified_key,
+        certified_key.is_some() || acme.is_some(),
         clusters.first().cloned(),
     ) {
-        (
-            true,
-            Some(listen),
-            Some(admin_listen),
-            Some(tls_cert),
-            Some(tls_key),
-            Some(certified_key),
-            Some(home),
-        ) => {
+        (true, Some(listen), Some(admin_listen), true, Some(home)) => {
             if listen == admin_listen {
                 return Err(ConfigError::one(
                     "server.admin_listen",
@@ -554,6 +577,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
                     tls_cert,
                     tls_key,
                     certified_key,
+                    acme,
                     max_body_bytes,
                     head_timeout,
                     body_timeout,
@@ -601,12 +625,22 @@ fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool
             }
         }
     }
+    if rec.forward.is_some() {
+        // Resources are ignored in forward mode: the receiver's own clusters are where it goes.
+        match rec.placement.selector.resolve(clusters) {
+            Ok(ids) => rec.forward_clusters = ids.into(),
+            Err(e) => {
+                p.add(&rec.placement.key, e);
+                ok = false;
+            }
+        }
+    }
     let default = clusters
         .iter()
         .position(|c| c.name == crate::fleet::DEFAULT);
-    rec.per_cluster = reach
-        .iter()
-        .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
+    let not_default_alone = |r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]);
+    rec.per_cluster = reach.iter().any(not_default_alone)
+        || (rec.forward.is_some() && not_default_alone(&rec.forward_clusters));
     rec.reach = reach;
     ok
 }

@@ -130,8 +130,12 @@ fn readiness<'a>(
     let stranded: Vec<&str> = receivers
         .iter()
         .filter(|r| {
-            // Forward mode and cluster mode use the home cluster.
+            // Forward mode goes to the receiver's own clusters; a receiver without targets
+            // needs the home cluster no more than any other.
             let home_down = || down.iter().any(|(i, _)| name(*i) == home);
+            if r.forward.is_some() {
+                return r.forward_clusters.iter().all(is_down);
+            }
             if r.reach.is_empty() {
                 return home_down();
             }
@@ -317,12 +321,15 @@ impl AdminApp {
         }
         // With relay.events, the Event says which delivery this was, redelivered by an operator;
         // the pushed commit is not in the record (no body is kept).
-        let note = self.relay.writes_events().then(|| crate::relay::events::Note {
-            receiver: receiver.label.clone(),
-            event: old.event.clone(),
-            delivery: old.delivery.clone(),
-            push: Default::default(),
-        });
+        let note = self
+            .relay
+            .writes_events()
+            .then(|| crate::relay::events::Note {
+                receiver: receiver.label.clone(),
+                event: old.event.clone(),
+                delivery: old.delivery.clone(),
+                push: Default::default(),
+            });
         let mut delivered = match self
             .relay
             .deliver(&receiver.targets, &[], &receiver.reach, note)

@@ -26,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 /// or one already holding its share of connections costs no handshake.
 pub struct EdgeFilter {
     pub live: Arc<Live>,
+    pub acme: Option<Arc<crate::acme::Acme>>,
 }
 
 impl std::fmt::Debug for EdgeFilter {
@@ -62,7 +63,10 @@ impl ConnectionFilter for EdgeFilter {
         if rt.guard.connections.at_limit(ip) {
             return Self::refuse("too_many_connections");
         }
-        if !allowed(&rt.receivers, ip) {
+        // The CA validates from addresses no allow-list names: while an order is in flight the
+        // allow-lists are left to each request (a 403), as they always are behind a proxy.
+        let validating = self.acme.as_ref().is_some_and(|a| a.ordering());
+        if !validating && !allowed(&rt.receivers, ip) {
             return Self::refuse("not_allowed");
         }
         true
@@ -313,6 +317,7 @@ impl ServerApp for HookServer {
         // The head's deadline bounds the handshake too: a client that opens a connection and
         // stalls holds a slot and memory, and pingora's own limit is 60 s.
         let stream = match timeout(rt.limits.head_timeout, self.tls.accept(stream)).await {
+            Ok(Ok(tls)) if is_acme_validation(&tls) => return None,
             Ok(Ok(tls)) => Box::new(TlsConn(tls, activity.clone(), Default::default())) as Stream,
             Ok(Err(e)) => return handshake_failed(peer, &e.to_string()),
             Err(_) => return handshake_failed(peer, "timed out"),
@@ -336,6 +341,11 @@ impl ServerApp for HookServer {
             }
         }
     }
+}
+
+/// A TLS-ALPN-01 validation: its handshake was the whole answer, nothing is served on it.
+fn is_acme_validation(tls: &tokio_rustls::server::TlsStream<Stream>) -> bool {
+    tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN)
 }
 
 /// Counted, and logged at debug level only: anyone can make handshakes fail, and the log

@@ -198,7 +198,10 @@ impl Live {
                         .guard
                         .reconfigure(&new.limits, new.server.trusted_proxies.clone()),
                 );
-                self.resolver.replace(new.server.certified_key.clone());
+                // With ACME the lifecycle owns the certificate; a reload leaves it alone.
+                if let Some(ck) = &new.server.certified_key {
+                    self.resolver.replace(ck.clone());
+                }
                 set_certificate_expiry(&new);
                 init_series(&new);
                 let runtime = Runtime::new(&new, guard, &mut lock(&self.cluster));
@@ -328,7 +331,12 @@ fn series<'a>(
 }
 
 fn set_certificate_expiry(s: &Settings) {
-    if let Some(t) = super::tls::not_after(&s.server.certified_key) {
+    if let Some(t) = s
+        .server
+        .certified_key
+        .as_deref()
+        .and_then(super::tls::not_after)
+    {
         metrics::get().certificate_expiry.set(t as f64);
     }
 }

@@ -18,7 +18,7 @@ pub mod tls_stream;
 pub mod upgrade;
 
 use crate::cluster::status::WatchStatus;
-use crate::cluster::ClusterWatch;
+use crate::cluster::{ClusterWatch, Watched};
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::history::History;
@@ -43,10 +43,15 @@ pub struct RunOptions {
 /// Checks that the listeners can bind before handing them to pingora, which would only log a
 /// bind failure from inside its runtime.
 pub fn check_bind(settings: &Settings) -> Result<(), String> {
+    let http01 = settings.server.acme.as_ref().and_then(|a| a.http_listen);
     for (key, addr) in [
-        ("server.listen", settings.server.listen),
-        ("server.admin_listen", settings.server.admin_listen),
-    ] {
+        ("server.listen", Some(settings.server.listen)),
+        ("server.admin_listen", Some(settings.server.admin_listen)),
+        ("server.acme.http_listen", http01),
+    ]
+    .into_iter()
+    .filter_map(|(k, a)| Some((k, a?)))
+    {
         std::net::TcpListener::bind(addr)
             .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
     }
@@ -118,17 +123,25 @@ pub fn run(
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
     let relay_events = settings.relay.events;
 
-    let cluster = settings
-        .cluster
-        .watch_receivers
-        .then(|| kubes.first().cloned())
-        .flatten()
-        .map(|kube| {
-            (
-                kube,
-                Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
-            )
-        });
+    // Cluster mode follows the Receivers of every cluster `[cluster]` picks (default: all).
+    let cluster = settings.cluster.watch_receivers.then(|| {
+        let watched: Vec<Watched> = settings
+            .cluster
+            .clusters
+            .iter()
+            .filter_map(|&id| {
+                let (spec, kube) = (settings.clusters.get(id)?, kubes.get(id)?);
+                Some(Watched {
+                    id,
+                    name: spec.name.as_str().into(),
+                    kube: kube.clone(),
+                })
+            })
+            .collect();
+        let names: Vec<&str> = watched.iter().map(|w| &*w.name).collect();
+        let status = Arc::new(WatchStatus::new(&names, &settings.cluster.namespaces));
+        (watched, status)
+    });
     for c in &settings.clusters {
         tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
     }
@@ -161,9 +174,19 @@ pub fn run(
     let history = Arc::new(history);
     let admin_token = settings.admin.token.clone();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
-    let resolver = Arc::new(tls::CertResolver::new(
-        settings.server.certified_key.clone(),
-    ));
+    let acme = settings.server.acme.clone().map(crate::acme::Acme::new);
+    let resolver = match (&settings.server.certified_key, &acme) {
+        (Some(ck), _) => Arc::new(tls::CertResolver::new(ck.clone())),
+        (None, Some(acme)) => match crate::acme::challenge::placeholder(&acme.config.domains) {
+            // Served until the CA's certificate is: clients get a TLS session and a clear 503.
+            Ok(ck) => Arc::new(tls::CertResolver::with_acme(ck, acme.clone())),
+            Err(e) => {
+                tracing::error!("cannot make the placeholder certificate: {e}");
+                std::process::exit(1);
+            }
+        },
+        (None, None) => unreachable!("configuration loading requires a certificate or acme"),
+    };
     let capacity =
         connection::Capacity::new(connection::Capacity::size(settings.server.max_connections));
     tracing::info!(
@@ -173,23 +196,24 @@ pub fn run(
     let live = Arc::new(live::Live::new(config_path, settings, resolver.clone()));
     let admin_resolver = resolver.clone();
 
-    let tls = match tls::server_config(resolver) {
+    let tls = match tls::server_config(resolver.clone()) {
         Ok(c) => tokio_rustls::TlsAcceptor::from(c),
         Err(e) => {
             tracing::error!("cannot set up TLS: {e}");
             std::process::exit(1);
         }
     };
-    let app = Arc::new(hook::HookApp::new(
-        live.clone(),
-        relay.clone(),
-        history.clone(),
-    ));
+    let app = Arc::new(
+        hook::HookApp::new(live.clone(), relay.clone(), history.clone()).with_acme(acme.clone()),
+    );
     let mut hooks = Service::new(
         "fluxgate hooks".to_string(),
         connection::HookServer { app, tls, capacity },
     );
-    hooks.set_connection_filter(Arc::new(connection::EdgeFilter { live: live.clone() }));
+    hooks.set_connection_filter(Arc::new(connection::EdgeFilter {
+        live: live.clone(),
+        acme: acme.clone(),
+    }));
     // TLS is accepted by HookServer (see tls_stream), so pingora listens on plain TCP. No
     // read buffer under rustls, which keeps its own: pingora's default of 64 KiB nearly
     // doubled the memory of an idle connection (measured with 10,000 held open) to save one
@@ -214,12 +238,12 @@ pub fn run(
     admin.threads = Some(1);
     admin.add_tcp(&admin_listen.to_string());
 
-    if let Some((kube, status)) = cluster {
+    if let Some((clusters, status)) = cluster {
         server.add_service(background_service(
             "fluxgate cluster",
             ClusterWatch {
                 live: live.clone(),
-                kube,
+                clusters,
                 status,
             },
         ));
@@ -233,6 +257,16 @@ pub fn run(
         },
     );
     let worker = background_service("fluxgate relay", maintenance::RelayWorker { fleet });
+    if let Some(acme) = acme {
+        server.add_service(background_service(
+            "fluxgate acme",
+            crate::acme::lifecycle::AcmeService {
+                acme,
+                resolver,
+                https_port: listen.port(),
+            },
+        ));
+    }
     server.add_service(hooks);
     server.add_service(admin);
     server.add_service(maintenance);

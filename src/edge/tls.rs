@@ -1,6 +1,7 @@
 //! The listener's certificate: loaded and checked when the configuration loads (pingora's
 //! rustls backend would panic on a bad file at start), then served through a resolver.
 
+use crate::acme::{Acme, ACME_TLS_ALPN};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 pub use rustls::sign::CertifiedKey;
 use std::path::Path;
@@ -69,12 +70,23 @@ pub fn load_certified_key(
 #[derive(Debug)]
 pub struct CertResolver {
     current: RwLock<Arc<CertifiedKey>>,
+    /// With ACME: the TLS-ALPN-01 challenge certificates of the order in flight.
+    acme: Option<Arc<Acme>>,
 }
 
 impl CertResolver {
     pub fn new(ck: Arc<CertifiedKey>) -> Self {
         CertResolver {
             current: RwLock::new(ck),
+            acme: None,
+        }
+    }
+
+    /// A resolver that also answers TLS-ALPN-01 for `acme`'s domains.
+    pub fn with_acme(ck: Arc<CertifiedKey>, acme: Arc<Acme>) -> Self {
+        CertResolver {
+            current: RwLock::new(ck),
+            acme: Some(acme),
         }
     }
 
@@ -91,9 +103,22 @@ impl CertResolver {
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A validation handshake offers acme-tls/1 alone (RFC 8737): it gets the challenge
+        // certificate for its name, or no certificate at all (the handshake fails).
+        if let Some(acme) = &self.acme {
+            if is_acme_hello(&hello) {
+                return acme.alpn_certificate(hello.server_name());
+            }
+        }
         self.current.read().ok().map(|c| c.clone())
     }
+}
+
+fn is_acme_hello(hello: &ClientHello<'_>) -> bool {
+    hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
 }
 
 /// When the served certificate expires (notAfter, Unix seconds).
@@ -108,7 +133,11 @@ pub fn not_after(ck: &CertifiedKey) -> Option<i64> {
 /// AES-256-GCM-SHA384 first, whose SHA-384 key schedule has no hardware support on x86 and
 /// was 12% of a new connection's time in the `newconn` profile; ChaCha20 costs more per byte
 /// than AES-GCM where AES instructions exist. AES-128-GCM goes first, as Go's servers do.
+/// With ACME, `acme-tls/1` is offered after HTTP/1.1 (rustls picks in the server's order, so
+/// an ordinary client still gets HTTP/1.1); a connection that negotiates it is closed after
+/// the handshake (see `connection`).
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let acme = resolver.acme.is_some();
     use rustls::crypto::ring::{cipher_suite as cs, default_provider};
     let provider = rustls::crypto::CryptoProvider {
         cipher_suites: vec![
@@ -130,5 +159,8 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, r
         .with_cert_resolver(resolver);
     config.ignore_client_order = true;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }

@@ -1,0 +1,138 @@
+//! Automatic HTTPS: certificates from an ACME CA (RFC 8555), obtained at start when none is
+//! stored, renewed in place, answered for by TLS-ALPN-01 on the public listener or HTTP-01 on a
+//! plain listener. DNS-01 is not offered.
+//!
+//! [`Acme`] is what the edge shares with the lifecycle: the challenge answers of the order in
+//! flight and whether a certificate has been issued yet.
+
+pub mod challenge;
+pub mod client;
+pub mod http01;
+pub mod lifecycle;
+pub mod storage;
+
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`directory = "staging"`).
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// `[server.acme]`, validated.
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    /// PEM files trusted for the directory's HTTPS on top of the public roots.
+    pub ca_roots: Vec<PathBuf>,
+    pub eab: Option<Eab>,
+    pub storage: PathBuf,
+    pub http_listen: Option<SocketAddr>,
+}
+
+/// External Account Binding: the key id and the MAC key the CA gave.
+#[derive(Clone)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// State shared by the lifecycle (which writes it) and the edge (which reads it).
+#[derive(Debug)]
+pub struct Acme {
+    pub config: AcmeConfig,
+    /// TLS-ALPN-01: the challenge certificate per domain of the order in flight.
+    alpn: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// HTTP-01: the key authorization per token of the order in flight.
+    http: Mutex<HashMap<String, String>>,
+    issued: AtomicBool,
+    ordering: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Acme {
+    pub fn new(config: AcmeConfig) -> Arc<Self> {
+        Arc::new(Acme {
+            config,
+            alpn: Mutex::default(),
+            http: Mutex::default(),
+            issued: AtomicBool::new(false),
+            ordering: AtomicBool::new(false),
+        })
+    }
+
+    /// The TLS-ALPN-01 certificate for `sni`, only for one of our domains with a challenge open.
+    pub fn alpn_certificate(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let sni = sni?.to_ascii_lowercase();
+        lock(&self.alpn).get(&sni).cloned()
+    }
+
+    /// The HTTP-01 key authorization for `token`.
+    pub fn http_answer(&self, token: &str) -> Option<String> {
+        lock(&self.http).get(token).cloned()
+    }
+
+    pub fn set_alpn(&self, domain: &str, ck: Arc<CertifiedKey>) {
+        lock(&self.alpn).insert(domain.to_ascii_lowercase(), ck);
+    }
+
+    pub fn set_http(&self, token: &str, key_authorization: String) {
+        lock(&self.http).insert(token.to_string(), key_authorization);
+    }
+
+    pub fn clear_challenges(&self) {
+        lock(&self.alpn).clear();
+        lock(&self.http).clear();
+    }
+
+    /// Whether a certificate from the CA is served (until then deliveries get 503).
+    pub fn issued(&self) -> bool {
+        self.issued.load(SeqCst)
+    }
+
+    pub fn set_issued(&self) {
+        self.issued.store(true, SeqCst);
+    }
+
+    /// Whether an order is in flight: the CA's validation connections come from addresses no
+    /// allow-list names, so the pre-TLS allow-list check stands aside meanwhile.
+    pub fn ordering(&self) -> bool {
+        self.ordering.load(SeqCst)
+    }
+
+    /// Marks an order in flight until the returned guard drops.
+    pub fn begin_order(self: &Arc<Self>) -> OrderInFlight {
+        self.ordering.store(true, SeqCst);
+        OrderInFlight(self.clone())
+    }
+}
+
+pub struct OrderInFlight(Arc<Acme>);
+
+impl Drop for OrderInFlight {
+    fn drop(&mut self) {
+        self.0.clear_challenges();
+        self.0.ordering.store(false, SeqCst);
+    }
+}
