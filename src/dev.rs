@@ -44,6 +44,20 @@ pub struct DevOptions {
     /// soon as a delivery is queued, an in-memory queue, and only warnings logged.
     #[arg(long)]
     pub bench: bool,
+    /// Start this many stand-in APIs, each its own cluster (`dev-1`..`dev-N`, its own server,
+    /// CA and token, the same Flux objects), all reached by the receiver: the fan-out of a
+    /// fleet. With 1 (the default), the single stand-in is the cluster `default`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_CLUSTERS))]
+    clusters: u16,
+}
+
+/// Each stand-in is a thread with its own runtime: enough for a fleet on a laptop.
+const MAX_CLUSTERS: i64 = 100;
+
+/// One stand-in API and the name of the cluster it plays.
+struct DevCluster {
+    name: String,
+    api: StandIn,
 }
 
 fn random_hex(n: usize) -> Result<String, String> {
@@ -109,6 +123,49 @@ fn flux_objects() -> Vec<serde_json::Value> {
     ]
 }
 
+/// A stand-in API holding the Flux objects, where the service account `sa_token` may get,
+/// list and patch them (and nothing else), in flux-system.
+fn start_standin(sa_token: &str) -> Result<StandIn, String> {
+    let mut api = ApiConfig::new().user(sa_token, SERVICE_ACCOUNT).allow(
+        SERVICE_ACCOUNT,
+        Rule::new(
+            &["get", "list", "patch"],
+            &["source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io"],
+            &["gitrepositories", "kustomizations"],
+        )
+        .in_namespaces(&["flux-system"]),
+    );
+    for o in flux_objects() {
+        api = api.object(o);
+    }
+    StandIn::start(api).map_err(|e| format!("cannot start the stand-in API: {e}"))
+}
+
+/// Where the receiver reaches: `[kubernetes]` alone, or every `[[clusters]]` table.
+fn clusters_config(dir: &Path, clusters: &[DevCluster]) -> (String, &'static str) {
+    if clusters.len() == 1 {
+        return (
+            format!(
+                "[kubernetes]\nkubeconfig = \"{}/kubeconfig\"\n",
+                dir.display()
+            ),
+            "",
+        );
+    }
+    let mut out = String::new();
+    for (i, c) in clusters.iter().enumerate() {
+        // Odd and even clusters, to try `cluster_selector` by editing the configuration.
+        let half = if i % 2 == 0 { "odd" } else { "even" };
+        out.push_str(&format!(
+            "[[clusters]]\nname = \"{name}\"\nkubeconfig = \"{dir}/kubeconfig-{name}\"\nlabels = {{ env = \"dev\", half = \"{half}\" }}\n\n",
+            name = c.name,
+            dir = dir.display(),
+        ));
+    }
+    out.truncate(out.trim_end().len() + 1);
+    (out, "clusters = [\"*\"]\n")
+}
+
 pub fn run(opts: DevOptions) -> Result<(), String> {
     let dir = match opts.dir {
         Some(d) => {
@@ -132,24 +189,22 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
         }
     };
 
-    let sa_token = random_hex(32)?;
-    let mut api = ApiConfig::new().user(&sa_token, SERVICE_ACCOUNT).allow(
-        SERVICE_ACCOUNT,
-        Rule::new(
-            &["get", "list", "patch"],
-            &["source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io"],
-            &["gitrepositories", "kustomizations"],
-        )
-        .in_namespaces(&["flux-system"]),
-    );
-    for o in flux_objects() {
-        api = api.object(o);
+    let fleet = opts.clusters > 1;
+    let mut clusters = Vec::with_capacity(usize::from(opts.clusters));
+    for i in 1..=opts.clusters {
+        // Alone, the stand-in is `[kubernetes]`, as before; in a fleet each is `dev-I`.
+        let (name, file) = if fleet {
+            (format!("dev-{i}"), format!("kubeconfig-dev-{i}"))
+        } else {
+            (String::new(), "kubeconfig".to_string())
+        };
+        let sa_token = random_hex(32)?;
+        let api = start_standin(&sa_token)?;
+        let kubeconfig = dir.join(file);
+        api.write_kubeconfig(&kubeconfig, &sa_token)
+            .map_err(|e| format!("cannot write {}: {e}", kubeconfig.display()))?;
+        clusters.push(DevCluster { name, api });
     }
-    let standin = StandIn::start(api).map_err(|e| format!("cannot start the stand-in API: {e}"))?;
-    let kubeconfig = dir.join("kubeconfig");
-    standin
-        .write_kubeconfig(&kubeconfig, &sa_token)
-        .map_err(|e| format!("cannot write {}: {e}", kubeconfig.display()))?;
 
     // The same token format `flux create secret receiver` generates.
     let (token, token_path) = match &opts.token_file {
@@ -165,6 +220,7 @@ pub fn run(opts: DevOptions) -> Result<(), String> {
         }
     };
     let name = opts.receiver.as_str();
+    let (cluster_tables, reach) = clusters_config(&dir, &clusters);
     let tuning = if opts.bench {
         "[relay]\nwait = \"0s\"\n\n[limits]\nper_ip = \"1000000/s\"\nper_ip_burst = 1000000\nper_receiver = \"1000000/s\"\nper_receiver_burst = 1000000\nblock_after_failures = 0\nmax_connections_per_ip = 0\n".to_string()
     } else {
@@ -179,9 +235,7 @@ tls_cert = "{cert}"
 tls_key = "{key}"
 upgrade_sock = "{dir}/upgrade.sock"
 
-[kubernetes]
-kubeconfig = "{dir}/kubeconfig"
-
+{clusters}
 {tuning}
 [[receivers]]
 name = "{name}"
@@ -189,7 +243,7 @@ namespace = "flux-system"
 type = "github"
 events = ["ping", "push"]
 secret_file = "{token}"
-{replay}resources = [
+{replay}{reach}resources = [
   {{ kind = "GitRepository", name = "podinfo" }},
   {{ kind = "Kustomization", apiVersion = "kustomize.toolkit.fluxcd.io/v1", name = "*", matchLabels = {{ "app.kubernetes.io/part-of" = "podinfo" }} }},
 ]
@@ -197,6 +251,7 @@ secret_file = "{token}"
         listen = opts.listen,
         admin = opts.admin_listen,
         dir = dir.display(),
+        clusters = cluster_tables,
         token = token_path.display(),
         cert = cert_path.display(),
         key = key_path.display(),
@@ -218,55 +273,101 @@ secret_file = "{token}"
         "\nfluxgate dev: the whole delivery path on this machine, no cluster needed.\n\n\
          gateway     https://{listen}{hook}\n\
          admin       http://{admin}/readyz\n\
-         stand-in    Kubernetes API at {api}, holding GitRepository flux-system/podinfo and\n            \
-         Kustomizations flux-system/podinfo, flux-system/podinfo-extras\n\
+         {apis}\
          files       {dir} (configuration: fluxgate.toml)\n\n\
          Send a signed GitHub push from another terminal:\n\n  \
          curl --cacert {cert} -H 'Content-Type: application/json' -H 'X-GitHub-Event: push' \\\n    \
          -H 'X-GitHub-Delivery: 11111111-2222-3333-4444-555555555555' \\\n    \
          -H 'X-Hub-Signature-256: sha256={sig}' \\\n    \
          --data-binary @{body} https://{listen}{hook}\n\n\
-         The stand-in API prints each patch it accepts below. Stop with Ctrl-C.\n",
+         {printed} Stop with Ctrl-C.\n",
         listen = opts.listen,
         admin = opts.admin_listen,
-        api = standin.url(),
+        apis = describe(&clusters),
+        printed = if fleet {
+            "Each stand-in API prints each patch it accepts below, after its cluster's name."
+        } else {
+            "The stand-in API prints each patch it accepts below."
+        },
         dir = dir.display(),
         cert = cert_path.display(),
         body = body_path.display(),
     );
     if opts.bench {
-        std::thread::spawn(move || keep(standin));
+        std::thread::spawn(move || keep(clusters));
     } else {
-        std::thread::spawn(move || report_patches(standin));
+        std::thread::spawn(move || report_patches(clusters));
     }
     edge::run(&config_path, settings, kube, RunOptions::default())
 }
 
-/// Keeps the stand-in running for the life of the process, quietly.
-fn keep(standin: StandIn) {
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-        let _ = standin.url();
+const OBJECTS: &str = "GitRepository flux-system/podinfo and\n            \
+                       Kustomizations flux-system/podinfo, flux-system/podinfo-extras";
+
+/// The stand-in lines of the banner: one API as before, or one line per cluster.
+fn describe(clusters: &[DevCluster]) -> String {
+    match clusters {
+        [one] => format!(
+            "stand-in    Kubernetes API at {}, holding {OBJECTS}\n",
+            one.api.url()
+        ),
+        _ => {
+            let mut out = format!(
+                "stand-ins   {} Kubernetes APIs, one per cluster (its own CA and token), each holding {OBJECTS}\n",
+                clusters.len()
+            );
+            for c in clusters {
+                out.push_str(&format!(
+                    "            cluster {} at {}\n",
+                    c.name,
+                    c.api.url()
+                ));
+            }
+            out
+        }
     }
 }
 
-/// Shows what reached the API, so a new user sees the delivery arrive at the cluster side.
-fn report_patches(standin: StandIn) {
-    let mut seen = 0;
+/// Keeps the stand-ins running for the life of the process, quietly.
+fn keep(clusters: Vec<DevCluster>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        let _ = clusters.len();
+    }
+}
+
+/// Shows what reached each API, so a new user sees the delivery arrive at the cluster side,
+/// in every cluster of a fleet.
+fn report_patches(clusters: Vec<DevCluster>) {
+    let mut seen = vec![0; clusters.len()];
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let reqs = standin.requests();
-        for r in reqs.iter().skip(seen) {
-            if r.method == "PATCH" {
-                let body = String::from_utf8_lossy(&r.body);
-                println!(
-                    "stand-in API: {} {} -> {} {}",
-                    r.method, r.path, r.status, body
-                );
+        for (c, seen) in clusters.iter().zip(seen.iter_mut()) {
+            let reqs = c.api.requests();
+            for r in reqs.iter().skip(*seen) {
+                if r.method == "PATCH" {
+                    println!("{}", patch_line(&c.name, r));
+                }
             }
+            *seen = reqs.len();
         }
-        seen = reqs.len();
     }
+}
+
+/// `stand-in API: PATCH ...` alone, `stand-in API dev-2: PATCH ...` in a fleet.
+fn patch_line(cluster: &str, r: &kube_standin::Recorded) -> String {
+    let who = if cluster.is_empty() {
+        "stand-in API".to_string()
+    } else {
+        format!("stand-in API {cluster}")
+    };
+    format!(
+        "{who}: {} {} -> {} {}",
+        r.method,
+        r.path,
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    )
 }
 
 #[cfg(test)]

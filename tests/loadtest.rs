@@ -94,17 +94,19 @@ impl Drop for DevBench {
     }
 }
 
-#[test]
-fn loadtest_against_fluxgate_dev_bench() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
+/// Starts `fluxgate dev` with `args` in `dir` (its output in `dir/dev.log`) and waits until it
+/// serves; the gateway's and the admin listener's ports.
+fn start_dev(dir: &Path, args: &[&str]) -> (DevBench, u16, u16) {
+    let token = dir.join("token");
     std::fs::write(&token, SECRET).unwrap();
     let (port, admin) = (free_port(), free_port());
-    let log = dir.path().join("dev.log");
+    let log = dir.join("dev.log");
     let out = std::fs::File::create(&log).unwrap();
     let child = Command::new(BIN)
-        .args(["dev", "--bench", "--dir"])
-        .arg(dir.path())
+        .arg("dev")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .arg("--token-file")
@@ -134,6 +136,14 @@ fn loadtest_against_fluxgate_dev_bench() {
         assert!(Instant::now() < until, "fluxgate dev did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    (dev, port, admin)
+}
+
+#[test]
+fn loadtest_against_fluxgate_dev_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, port, _) = start_dev(dir.path(), &["--bench"]);
+    let token = dir.path().join("token");
     // The key it makes is its owner's alone, so `serve` does not warn about it.
     assert_eq!(mode(&dir.path().join("tls.key")), 0o600);
     let url = format!(
@@ -150,4 +160,101 @@ fn loadtest_against_fluxgate_dev_bench() {
     // --bench answers 202 as soon as a delivery is queued.
     assert_eq!(r.kinds["valid"].status.keys().collect::<Vec<_>>(), ["202"]);
     drop(dev);
+}
+
+/// `fluxgate dev --clusters 3`: the curl it prints, run as printed, reconciles the same object
+/// in three stand-in APIs (three servers, CAs and tokens), each of which prints the patch.
+#[test]
+fn dev_with_three_clusters_reconciles_in_each_with_the_printed_curl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dev, _, _) = start_dev(dir.path(), &["--clusters", "3"]);
+    let log = std::fs::read_to_string(&dev.log).unwrap();
+    let curl: String = log
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("curl "))
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(curl.contains("--data-binary"), "no curl printed:\n{log}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} -sS -w '\\n%{{http_code}}'", curl.trim_end()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or_default();
+    assert_eq!(
+        status,
+        "200",
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    let clusters: Vec<&String> = answer["clusters"].as_object().unwrap().keys().collect();
+    assert_eq!(clusters, ["dev-1", "dev-2", "dev-3"], "{body}");
+    for c in ["dev-1", "dev-2", "dev-3"] {
+        assert_eq!(
+            answer["clusters"][c]["patched"].as_array().unwrap().len(),
+            3,
+            "{body}"
+        );
+    }
+    // Each stand-in prints what it accepted, under its cluster's name.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&dev.log).unwrap();
+        let seen = |c: &str| {
+            log.lines().any(|l| {
+                l.starts_with(&format!("stand-in API {c}: PATCH /apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/gitrepositories/podinfo -> 200"))
+            })
+        };
+        if ["dev-1", "dev-2", "dev-3"].iter().all(|c| seen(c)) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not every stand-in printed its patch:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(dev);
+}
+
+/// The fleet benchmark (`fluxgate-fleetbench`), tiny: 3 clusters (one down, one slow) and the
+/// memory scenario on 2 shared stand-ins. Only that every scenario completes; no timings.
+#[test]
+fn the_fleet_benchmark_runs_its_scenarios() {
+    let opts = fluxgate_loadtest::fleet::FleetOptions::try_parse_from([
+        "fluxgate-fleetbench",
+        "--fluxgate",
+        BIN,
+        "--sizes",
+        "3",
+        "--deliveries",
+        "2",
+        "--down",
+        "1",
+        "--slow",
+        "1",
+        "--slow-delay",
+        "300ms",
+        "--memory",
+        "3",
+        "--servers",
+        "2",
+    ])
+    .unwrap();
+    let r = fluxgate_loadtest::fleet::run(&opts).unwrap();
+    let table = r.to_table();
+    let shape: Vec<(usize, usize, usize)> = r
+        .fanout
+        .iter()
+        .map(|f| (f.clusters, f.timed_clusters, f.deliveries))
+        .collect();
+    assert_eq!(shape, [(3, 3, 2), (3, 1, 2)], "{table}");
+    assert_eq!(r.memory.len(), 1, "{table}");
+    assert!(
+        r.memory[0].idle_kib > 0 && r.memory[0].servers == 2,
+        "{table}"
+    );
 }

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod fleet;
 pub mod http1;
 pub mod mix;
 pub mod options;

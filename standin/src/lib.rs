@@ -181,6 +181,9 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The HTTP status answered.
     pub status: u16,
+    /// When the request's head arrived (before its body was read and any latency added), to
+    /// time a client against the stand-in's side of the connection.
+    pub received_at: std::time::Instant,
 }
 
 impl Recorded {
@@ -454,7 +457,9 @@ impl StandIn {
         });
     }
 
-    /// Delay added before every answer (after the request body is read).
+    /// Delay added before every answer (after the request body is read), as from an API
+    /// server slowed by its load or etcd: the connection is accepted and the request read at
+    /// once, and the answer (and the change, for a write) comes after `d`.
     pub fn set_latency(&self, d: Duration) {
         *lock(&self.state.latency) = d;
     }

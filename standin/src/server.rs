@@ -228,6 +228,7 @@ fn decode_path(raw: &str) -> Option<String> {
 }
 
 async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Response<ResponseBody> {
+    let received_at = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let raw_path = parts.uri.path().to_string();
@@ -297,6 +298,7 @@ async fn handle(state: Arc<State>, req: hyper::Request<Incoming>) -> hyper::Resp
         headers,
         body: body.to_vec(),
         status: reply.status,
+        received_at,
     });
     into_response(reply, method == "HEAD")
 }
