@@ -206,3 +206,26 @@ async fn the_status_page_shows_deliveries_live_in_chromium() {
     std::fs::write(dir.join("status-page.png"), bytes).unwrap();
     let _ = d.http.delete(format!("{}{}", d.base, at(""))).send().await;
 }
+
+/// The page elides a hook path exactly as `fluxgate check` does (one function,
+/// `hook_path::elide`), never showing the full path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_elides_paths_as_check_does() {
+    let s = Setup::new();
+    let gh = format!(
+        "name = \"web\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        s.secret("web", "elide-secret").display()
+    );
+    let g = s.receiver(&gh).start();
+    let path = hook("elide-secret", "web", "flux-system");
+    let page = reqwest::get(format!("http://127.0.0.1:{}/", g.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let short = fluxgate::hook_path::elide(&path);
+    assert!(short.len() < path.len(), "{short}");
+    assert!(page.contains(&short), "{page}");
+    assert!(!page.contains(&path), "the full path is on the page");
+}
