@@ -565,6 +565,10 @@ fn print_full(v: &serde_json::Value) {
         }
         match val {
             serde_json::Value::String(s) => println!("{k:<13} {s}"),
+            // 202 is the answer given; the relay's result came later (outcome, targets).
+            other if k == "status" && other == 202 && v["outcome"] != "queued" => {
+                println!("{k:<13} {other} (answered before the relay finished; its result is the outcome)")
+            }
             other => println!("{k:<13} {other}"),
         }
     }
@@ -587,6 +591,10 @@ fn print_full(v: &serde_json::Value) {
                 println!("                {what}: {}", names.join(", "));
             }
         }
-        println!("                at {}", str_of(t, "at"));
+        println!(
+            "                {} at {}",
+            str_of(t, "state"),
+            str_of(t, "at")
+        );
     }
 }

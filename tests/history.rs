@@ -550,3 +550,97 @@ async fn the_admin_token_guards_the_page_and_the_api() {
     assert!(okay, "{out}");
     assert!(!out.contains("admin-token-value"), "{out}");
 }
+
+/// Coalesced, deterministically: the first delivery patches, the second waits for
+/// `relay.min_interval` (202), the third joins the second's waiting job. The second's record
+/// says it was coalesced into the third's patch; the third's, that it patched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coalesced_delivery_names_the_patch_it_joined() {
+    let s = Setup::new().section(NO_LIMITS);
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section("[relay]\nwait = \"200ms\"\nmin_interval = \"2s\"")
+        .receiver(&gh)
+        .start();
+    let path = hook("gh-secret", "gh", "flux-system");
+    let (first, second, third) = (uid(), uid(), uid());
+    for (id, want) in [(&first, 200), (&second, 202), (&third, 202)] {
+        let b = fresh_push();
+        let (st, text) = g.post(&path, &refs(&signed("gh-secret", &b, id)), b).await;
+        assert_eq!(st, want, "{text}");
+    }
+    let settled = |v: &Value| v["targets"][0]["state"] != "queued";
+    let r1 = record(&g, &first, settled).await;
+    assert_eq!(r1["targets"][0]["state"], "patched", "{r1}");
+    let until = Instant::now() + Duration::from_secs(5);
+    let r3 = loop {
+        let r = record(&g, &third, |_| true).await;
+        if settled(&r) || Instant::now() > until {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r3["targets"][0]["state"], "patched", "{r3}");
+    assert_eq!(r3["outcome"], "relayed", "{r3}");
+    let r2 = record(&g, &second, settled).await;
+    assert_eq!(r2["outcome"], "relayed", "{r2}");
+    assert_eq!(r2["status"], 202, "{r2}");
+    assert_eq!(r2["targets"][0]["state"], "coalesced", "{r2}");
+    let into = r3["requestedAt"].as_str().unwrap();
+    assert!(
+        r2["targets"][0]["detail"].as_str().unwrap().contains(into),
+        "{r2} is not coalesced into {into}"
+    );
+    assert_ne!(r2["requestedAt"], r3["requestedAt"]);
+    // The CLI shows both the answer given and what the relay did later, and when.
+    let (okay, full) = cli(&g, &["deliveries", &second]);
+    assert!(okay, "{full}");
+    assert!(
+        full.contains("status        202 (answered before the relay finished"),
+        "{full}"
+    );
+    assert!(full.contains("outcome       relayed"), "{full}");
+    assert!(full.contains("coalesced at "), "{full}");
+}
+
+/// Dropped, deterministically: one attempt allowed, against an API that is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_job_is_recorded_with_why() {
+    let s = Setup::new().section(NO_LIMITS);
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section("[relay]\nwait = \"100ms\"\nmax_attempts = 1")
+        .receiver(&gh)
+        .start();
+    g.api.set_down(true);
+    let id = uid();
+    let b = fresh_push();
+    let (st, _) = g
+        .post(
+            &hook("gh-secret", "gh", "flux-system"),
+            &refs(&signed("gh-secret", &b, &id)),
+            b,
+        )
+        .await;
+    assert!(matches!(st, 202 | 502), "{st}");
+    let r = record(&g, &id, |v| v["targets"][0]["state"] != "queued").await;
+    assert_eq!(r["outcome"], "relay_refused", "{r}");
+    assert_eq!(r["targets"][0]["state"], "dropped", "{r}");
+    assert!(
+        r["targets"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 attempts"),
+        "{r}"
+    );
+}
