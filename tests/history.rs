@@ -644,3 +644,46 @@ async fn a_dropped_job_is_recorded_with_why() {
         "{r}"
     );
 }
+
+/// A delivery queued when fluxgate stopped: the restarted process resumes its job from the
+/// durable queue with nobody waiting, and the record still becomes patched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_record_is_settled_by_the_job_resumed_after_a_restart() {
+    let s = Setup::new().section(NO_LIMITS);
+    let queue = s.path("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let mut g = s
+        .section(&format!(
+            "[relay]\nqueue_dir = \"{}\"\nwait = \"100ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"",
+            queue.display()
+        ))
+        .receiver(&gh)
+        .start();
+    g.api.set_down(true);
+    let id = uid();
+    let b = fresh_push();
+    let (st, _) = g
+        .post(
+            &hook("gh-secret", "gh", "flux-system"),
+            &refs(&signed("gh-secret", &b, &id)),
+            b,
+        )
+        .await;
+    assert_eq!(st, 202);
+    let r = record(&g, &id, |_| true).await;
+    assert_eq!(r["targets"][0]["state"], "queued", "{r}");
+
+    g.restart();
+    g.api.set_down(false);
+    let r = record(&g, &id, |v| v["outcome"] != "queued").await;
+    assert_eq!(r["outcome"], "relayed", "{r}");
+    assert_eq!(r["status"], 202, "{r}");
+    assert_eq!(r["targets"][0]["state"], "patched", "{r}");
+    assert!(!g.patches().is_empty());
+}

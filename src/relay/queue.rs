@@ -92,7 +92,13 @@ pub struct Queue {
     settings: QueueSettings,
     /// Rounds of the worker's loop, to show it sleeps when there is nothing to do.
     turns: AtomicU64,
+    /// Told of a job finished with no delivery waiting for it (one resumed after a restart),
+    /// so whoever recorded its deliveries can still learn what became of them.
+    unheard: std::sync::OnceLock<Unheard>,
 }
+
+/// `(cluster, target, generation, outcome)` of a job nobody was waiting for.
+pub type Unheard = Box<dyn Fn(&str, &Target, u64, &Outcome) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,9 +132,15 @@ impl Queue {
             api,
             settings,
             turns: AtomicU64::new(0),
+            unheard: std::sync::OnceLock::new(),
         };
         q.insert(resumed, None);
         q
+    }
+
+    /// Set once, before the worker runs: see `Queue::unheard`.
+    pub fn on_unheard(&self, f: Unheard) {
+        let _ = self.unheard.set(f);
     }
 
     pub fn is_durable(&self) -> bool {
@@ -288,12 +300,14 @@ impl Queue {
             .observe(started.elapsed().as_secs_f64());
         let now = Instant::now();
         let mut remove = None;
+        let mut unheard = None;
         {
             let mut entries = lock(&self.entries);
             let Some(e) = entries.get_mut(&key) else {
                 return;
             };
             e.in_flight = false;
+            let nobody = !e.waiters.iter().any(|(g, _)| *g <= job.generation);
             let newer = e.job.generation > job.generation;
             // Counted before any waiting delivery hears the outcome, so that whoever reads its
             // answer finds the count already there.
@@ -306,16 +320,14 @@ impl Queue {
                 Ok(done) => {
                     count("patched");
                     lock(&self.last_patch).insert(key.0.clone(), now);
-                    resolve(
-                        &mut e.waiters,
-                        job.generation,
-                        &Outcome::Patched {
-                            patched: done.patched,
-                            filtered: done.filtered,
-                            unmatched: done.unmatched,
-                            at: at.clone(),
-                        },
-                    );
+                    let outcome = Outcome::Patched {
+                        patched: done.patched,
+                        filtered: done.filtered,
+                        unmatched: done.unmatched,
+                        at: at.clone(),
+                    };
+                    resolve(&mut e.waiters, job.generation, &outcome);
+                    unheard = nobody.then_some((job.generation, outcome));
                     e.job.attempts = 0;
                     e.ready_at = now + self.settings.min_interval;
                     remove = Some(job.generation);
@@ -335,6 +347,7 @@ impl Queue {
                         Outcome::Patched { .. } | Outcome::Dropped(_) => {}
                     }
                     resolve(&mut e.waiters, job.generation, &outcome);
+                    unheard = nobody.then_some((job.generation, outcome));
                     e.ready_at = now;
                     remove = Some(job.generation);
                     if !newer {
@@ -354,7 +367,10 @@ impl Queue {
                             humantime::format_duration(Duration::from_secs(age.as_secs()))
                         );
                         tracing::error!(cluster = %self.cluster, target_object = %job.target, "dropping the relay job: {why}");
-                        resolve(&mut e.waiters, u64::MAX, &Outcome::Dropped(why));
+                        let outcome = Outcome::Dropped(why);
+                        let nobody = e.waiters.is_empty();
+                        resolve(&mut e.waiters, u64::MAX, &outcome);
+                        unheard = nobody.then_some((e.job.generation, outcome));
                         remove = Some(e.job.generation);
                         entries.remove(&key);
                     } else {
@@ -367,6 +383,9 @@ impl Queue {
                     }
                 }
             }
+        }
+        if let (Some((generation, outcome)), Some(tell)) = (unheard, self.unheard.get()) {
+            tell(&self.cluster, &job.target, generation, &outcome);
         }
         if let Some(generation) = remove {
             if let Err(e) = self.store.remove(job.key(), generation).await {
