@@ -591,6 +591,15 @@ fn print_full(v: &serde_json::Value) {
                 println!("                {what}: {}", names.join(", "));
             }
         }
+        let names = t["filtered"].as_array().into_iter().flatten();
+        let by = t["filteredBy"].as_array().into_iter().flatten();
+        for (name, by) in names.zip(by) {
+            println!(
+                "                {} filtered out by {}",
+                name.as_str().unwrap_or_default(),
+                by.as_str().unwrap_or_default()
+            );
+        }
         println!(
             "                {} at {}",
             str_of(t, "state"),

@@ -253,6 +253,20 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
     assert_eq!(r["outcome"], "relayed", "{r}");
     assert_eq!(r["targets"][0]["state"], "filtered", "{r}");
     assert_eq!(r["targets"][0]["filtered"][0], "app", "{r}");
+    // Which expression turned it down: its key and source text.
+    let by = r["targets"][0]["filteredBy"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        by.ends_with(".resource_filter = res.metadata.labels.app == \"db\""),
+        "{r}"
+    );
+    let (okay, full) = cli(&g, &["deliveries", &filtered_id]);
+    assert!(okay, "{full}");
+    assert!(
+        full.contains(&format!("app filtered out by {by}")),
+        "{full}"
+    );
     let r = record(&g, &failed_id, settled).await;
     assert_eq!(r["outcome"], "relay_refused", "{r}");
     assert_eq!(r["targets"][0]["state"], "filter_failed", "{r}");

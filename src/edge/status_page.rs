@@ -134,6 +134,9 @@ pub fn targets_text(d: &Record) -> String {
             if let Some(why) = &t.detail {
                 let _ = write!(s, " ({why})");
             }
+            for (name, by) in t.filtered.iter().zip(&t.filtered_by) {
+                let _ = write!(s, ", {name} filtered out by {by}");
+            }
             // When it reached that state: a 202 answer's target is settled later.
             if !t.at.is_empty() {
                 let _ = write!(s, " at {}", t.at);
@@ -219,7 +222,9 @@ function applyFilters() {
 }
 function targets(d) {
   return (d.targets || []).map(t => t.kind + " " + t.namespace + "/" + t.name + ": " + t.state +
-    (t.detail ? " (" + t.detail + ")" : "") + (t.at ? " at " + t.at : "")).join("; ");
+    (t.detail ? " (" + t.detail + ")" : "") +
+    (t.filteredBy || []).map((by, i) => ", " + (t.filtered || [])[i] + " filtered out by " + by).join("") +
+    (t.at ? " at " + t.at : "")).join("; ");
 }
 function row(d) {
   const tr = document.createElement("tr");
@@ -249,6 +254,7 @@ es.addEventListener("delivery", ev => {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::TargetResult;
 
     #[test]
     fn paths_are_elided_and_data_escaped() {
@@ -268,5 +274,16 @@ mod tests {
             ..Record::default()
         };
         assert_eq!(outcome_text(&later), "relayed (after the 202 answer)");
+        let filtered = Record {
+            targets: vec![TargetResult {
+                state: "filtered".into(),
+                filtered: vec!["app".into()],
+                filtered_by: vec!["receivers[0].resource_filter = false".into()],
+                ..TargetResult::default()
+            }],
+            ..Record::default()
+        };
+        assert!(targets_text(&filtered)
+            .contains("app filtered out by receivers[0].resource_filter = false"));
     }
 }

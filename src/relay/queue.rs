@@ -24,6 +24,8 @@ pub enum Outcome {
         filtered: Vec<Patched>,
         /// A label selector that matched no object.
         unmatched: bool,
+        /// For each of `filtered`, the expression that turned it down (`key = source`).
+        filtered_by: Vec<String>,
         /// The requestedAt of the patch: a later one than a delivery's own means the delivery
         /// was coalesced into a newer one's patch.
         at: String,
@@ -64,6 +66,7 @@ impl Failure {
 struct Done {
     patched: Vec<Patched>,
     filtered: Vec<Patched>,
+    filtered_by: Vec<String>,
     unmatched: bool,
 }
 
@@ -324,6 +327,7 @@ impl Queue {
                         patched: done.patched,
                         filtered: done.filtered,
                         unmatched: done.unmatched,
+                        filtered_by: done.filtered_by,
                         at: at.clone(),
                     };
                     resolve(&mut e.waiters, job.generation, &outcome);
@@ -412,6 +416,7 @@ impl Queue {
     async fn attempt(&self, job: &Job, at: &str) -> Result<Done, Failure> {
         let t = &job.target;
         let mut filtered = Vec::new();
+        let mut filtered_by = Vec::new();
         let (names, unmatched) = match &job.filter {
             None => {
                 let names = match &t.select {
@@ -441,12 +446,14 @@ impl Queue {
                 for meta in &objects {
                     let name = meta.name.clone().unwrap_or_default();
                     let verdict = f
-                        .accepts(&filter::resource(t, meta))
+                        .verdict(&filter::resource(t, meta))
                         .map_err(|why| Failure::Filter(format!("filter on {name}: {why}")))?;
-                    if verdict {
-                        pass.push(name);
-                    } else {
-                        filtered.push(object(t, name));
+                    match verdict {
+                        None => pass.push(name),
+                        Some(by) => {
+                            filtered_by.push(by.describe());
+                            filtered.push(object(t, name));
+                        }
                     }
                 }
                 (pass, unmatched)
@@ -464,6 +471,7 @@ impl Queue {
         Ok(Done {
             patched,
             filtered,
+            filtered_by,
             unmatched,
         })
     }
