@@ -349,14 +349,15 @@ async fn permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r: &mut 
                 }
             }
         }
-        // Forward mode goes through the home cluster.
-        if reached || (rec.targets.is_empty() && id == 0) {
+        // Forward mode goes to the receiver's own clusters.
+        let forwarded = rec.forward.is_some() && rec.forward_clusters.contains(&id);
+        if reached || forwarded || (rec.targets.is_empty() && rec.forward.is_none() && id == 0) {
             namespaces.insert(rec.namespace.clone());
         }
     }
-    // Cluster mode watches the home cluster.
-    if s.cluster.watch_receivers && id == 0 {
-        cluster_permissions(s, api, r).await;
+    // Cluster mode watches the clusters `[cluster]` picks.
+    if s.cluster.watch_receivers && s.cluster.clusters.contains(&id) {
+        cluster_permissions(s, who, api, r).await;
     }
     if s.relay.events {
         event_permissions(s, id, who, api, r).await;
@@ -397,7 +398,7 @@ async fn event_permissions(s: &Settings, id: usize, who: &str, api: &KubeApi, r:
 
 /// Cluster mode lists and watches Receivers; Secrets it reads one by one, by name, which only
 /// the Receivers tell, so they are checked as they are read (a 403 is logged).
-async fn cluster_permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
+async fn cluster_permissions(s: &Settings, who: &str, api: &KubeApi, r: &mut Report) {
     for ns in &s.cluster.namespaces {
         let (scope, shown) = if ns == ALL_NAMESPACES {
             ("", "all namespaces")
@@ -406,17 +407,17 @@ async fn cluster_permissions(s: &Settings, api: &KubeApi, r: &mut Report) {
         };
         for verb in ["list", "watch"] {
             match api.can_i(verb, GROUP, PLURAL, scope, None).await {
-                Ok(true) => r.ok(format!("cluster mode: may {verb} Receivers in {shown}")),
+                Ok(true) => r.ok(format!("{who}cluster mode: may {verb} Receivers in {shown}")),
                 Ok(false) => r.problem(format!(
-                    "cluster mode: the service account may not {verb} {PLURAL}.{GROUP} in {shown}; see deploy/cluster-mode/"
+                    "{who}cluster mode: the service account may not {verb} {PLURAL}.{GROUP} in {shown}; see deploy/cluster-mode/"
                 )),
                 Err(e) => r.problem(format!(
-                    "cluster mode: cannot review {verb} on Receivers in {shown}: {e}"
+                    "{who}cluster mode: cannot review {verb} on Receivers in {shown}: {e}"
                 )),
             }
         }
         if let Ok(true) = api.can_i("list", "", "secrets", scope, None).await {
-            r.warn(format!("the service account may list Secrets in {shown}; cluster mode needs only get on the Secrets the Receivers name"));
+            r.warn(format!("{who}the service account may list Secrets in {shown}; cluster mode needs only get on the Secrets the Receivers name"));
         }
     }
 }

@@ -169,23 +169,23 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         cluster_watch_up: register_int_gauge_vec!(
             "fluxgate_cluster_watch_up",
-            "1 while the namespace's Receivers are listed and watched, 0 after a failure until they are listed again.",
-            &["namespace"]
+            "1 while the namespace's Receivers are listed and watched in the cluster, 0 after a failure until they are listed again.",
+            &["cluster", "namespace"]
         )?,
         cluster_watch_failures: register_int_counter_vec!(
             "fluxgate_cluster_watch_failures_total",
-            "Failures of the Receiver watch (list, watch or stream), by namespace.",
-            &["namespace"]
+            "Failures of the Receiver watch (list, watch or stream), by cluster and namespace.",
+            &["cluster", "namespace"]
         )?,
         cluster_receivers: register_int_gauge_vec!(
             "fluxgate_cluster_receivers",
-            "Receiver objects by state: served, suspended (answered 503), skipped (invalid, or no usable Secret).",
-            &["state"]
+            "Receiver objects by cluster and state: served, suspended (answered 503), skipped (invalid, or no usable Secret).",
+            &["cluster", "state"]
         )?,
         cluster_secret_reads: register_int_counter_vec!(
             "fluxgate_cluster_secret_reads_total",
-            "GETs of the Secrets that Receivers name, by result (ok, not_found, forbidden, failed).",
-            &["result"]
+            "GETs of the Secrets that Receivers name, by cluster and result (ok, not_found, forbidden, failed).",
+            &["cluster", "result"]
         )?,
         acme_orders: register_int_counter_vec!(
             "fluxgate_acme_orders_total",

@@ -1,7 +1,7 @@
 //! Automatic HTTPS against a real ACME CA: pebble (Let's Encrypt's test CA) and its DNS
 //! server pebble-challtestsrv, which resolves every test name to 127.0.0.1, so that pebble's
 //! validator connects to the real fluxgate binary. Skipped, with a note, where pebble is not
-//! installed; CI installs it (.ci/run).
+//! installed; `scripts/setup --tests` installs it (as CI does).
 
 use crate::common::*;
 use kube_standin::StandIn;

@@ -147,7 +147,7 @@ async fn a_receiver_made_at_run_time_follows_its_object_and_secret() {
     let gw = setup("").start_with(cluster(&["webhook-token"], Vec::new()));
     wait_ready(&gw).await;
     assert_eq!(
-        gw.metric("fluxgate_cluster_watch_up{namespace=\"flux-system\"}"),
+        gw.metric("fluxgate_cluster_watch_up{cluster=\"default\",namespace=\"flux-system\"}"),
         1.0
     );
 
@@ -242,7 +242,7 @@ async fn a_suspended_receiver_answers_503() {
         (503, "receiver is suspended (spec.suspend)")
     );
     assert_eq!(
-        gw.metric("fluxgate_cluster_receivers{state=\"suspended\"}"),
+        gw.metric("fluxgate_cluster_receivers{cluster=\"default\",state=\"suspended\"}"),
         1.0
     );
     assert!(
@@ -255,7 +255,7 @@ async fn a_suspended_receiver_answers_503() {
     gw.api.put_object(r);
     served(&gw, "t", "github-receiver").await;
     assert_eq!(
-        gw.metric("fluxgate_cluster_receivers{state=\"served\"}"),
+        gw.metric("fluxgate_cluster_receivers{cluster=\"default\",state=\"served\"}"),
         1.0
     );
 }
@@ -309,14 +309,17 @@ async fn invalid_receivers_are_skipped_and_the_others_keep_working() {
         assert!(logs.contains(expected), "no {expected:?} in:\n{logs}");
     }
     assert_eq!(
-        gw.metric("fluxgate_cluster_receivers{state=\"skipped\"}"),
+        gw.metric("fluxgate_cluster_receivers{cluster=\"default\",state=\"skipped\"}"),
         5.0
     );
     assert_eq!(
-        gw.metric("fluxgate_cluster_receivers{state=\"served\"}"),
+        gw.metric("fluxgate_cluster_receivers{cluster=\"default\",state=\"served\"}"),
         1.0
     );
-    assert!(gw.metric("fluxgate_cluster_secret_reads_total{result=\"forbidden\"}") >= 1.0);
+    assert!(
+        gw.metric("fluxgate_cluster_secret_reads_total{cluster=\"default\",result=\"forbidden\"}")
+            >= 1.0
+    );
 
     // Fixing the object serves it, without touching the others.
     gw.api.put_object(receiver_object(
@@ -399,10 +402,14 @@ async fn the_watch_survives_restarts_dropped_watches_and_compaction() {
     // the failure is counted and the watch reported down.
     gw.api.set_down(true);
     eventually("the watch reported down", &gw, || async {
-        gw.metric("fluxgate_cluster_watch_up{namespace=\"flux-system\"}") == 0.0
+        gw.metric("fluxgate_cluster_watch_up{cluster=\"default\",namespace=\"flux-system\"}") == 0.0
     })
     .await;
-    assert!(gw.metric("fluxgate_cluster_watch_failures_total{namespace=\"flux-system\"}") >= 1.0);
+    assert!(
+        gw.metric(
+            "fluxgate_cluster_watch_failures_total{cluster=\"default\",namespace=\"flux-system\"}"
+        ) >= 1.0
+    );
     assert_eq!(push(&gw, "t", "before").await.0, 202);
     // Changes while it is down, that no watch could have seen.
     gw.api.delete_object(RECEIVER, "Receiver", NS, "before");
@@ -412,13 +419,15 @@ async fn the_watch_survives_restarts_dropped_watches_and_compaction() {
     served(&gw, "t", "while-down").await;
     gone(&gw, "t", "before").await;
     eventually("the watch reported up", &gw, || async {
-        gw.metric("fluxgate_cluster_watch_up{namespace=\"flux-system\"}") == 1.0
+        gw.metric("fluxgate_cluster_watch_up{cluster=\"default\",namespace=\"flux-system\"}") == 1.0
     })
     .await;
     assert!(gw.logs().contains("watching Receivers again"));
 
     // A watch the server ends resumes where it was, and none of what follows is a failure.
-    let failures = gw.metric("fluxgate_cluster_watch_failures_total{namespace=\"flux-system\"}");
+    let failures = gw.metric(
+        "fluxgate_cluster_watch_failures_total{cluster=\"default\",namespace=\"flux-system\"}",
+    );
     gw.api.end_watches();
     gw.api.put_object(github("after-end", "webhook-token"));
     served(&gw, "t", "after-end").await;
@@ -433,11 +442,13 @@ async fn the_watch_survives_restarts_dropped_watches_and_compaction() {
     assert_eq!(push(&gw, "t", "while-down").await.0, 200);
     assert_eq!(ready(&gw).0, 200);
     assert_eq!(
-        gw.metric("fluxgate_cluster_watch_failures_total{namespace=\"flux-system\"}"),
+        gw.metric(
+            "fluxgate_cluster_watch_failures_total{cluster=\"default\",namespace=\"flux-system\"}"
+        ),
         failures
     );
     assert_eq!(
-        gw.metric("fluxgate_cluster_watch_up{namespace=\"flux-system\"}"),
+        gw.metric("fluxgate_cluster_watch_up{cluster=\"default\",namespace=\"flux-system\"}"),
         1.0
     );
 }
@@ -465,10 +476,13 @@ async fn a_namespace_the_role_does_not_cover_keeps_the_gateway_up_but_not_ready(
     assert!(body.contains("Receivers not listed yet in apps"), "{body}");
     assert!(body.contains("forbidden"), "{body}");
     assert_eq!(
-        gw.metric("fluxgate_cluster_watch_up{namespace=\"apps\"}"),
+        gw.metric("fluxgate_cluster_watch_up{cluster=\"default\",namespace=\"apps\"}"),
         0.0
     );
-    assert!(gw.metric("fluxgate_cluster_watch_failures_total{namespace=\"apps\"}") >= 1.0);
+    assert!(
+        gw.metric("fluxgate_cluster_watch_failures_total{cluster=\"default\",namespace=\"apps\"}")
+            >= 1.0
+    );
     assert!(gw
         .logs()
         .contains("watching Receivers failed, serving the last known ones and retrying"));
@@ -582,7 +596,7 @@ async fn a_receiver_with_no_resources_is_answered_200_and_reconciles_nothing() {
         gw.logs()
     );
     assert_eq!(
-        gw.metric("fluxgate_cluster_receivers{state=\"skipped\"}"),
+        gw.metric("fluxgate_cluster_receivers{cluster=\"default\",state=\"skipped\"}"),
         0.0
     );
 }
@@ -625,6 +639,23 @@ fn configuration_problems_name_the_key() {
     assert!(!ok && out.contains("cluster.namespaces: empty"), "{out}");
     let (ok, out) = check(&Setup::new().section("[cluster.defaults]\nsecret_file = \"/x\""));
     assert!(!ok && out.contains("unknown field `secret_file`"), "{out}");
+    // Whose Receivers are followed: clusters of the fleet, by name or label.
+    let (ok, out) = check(&Setup::new().section(&cluster_section("clusters = [\"nope\"]")));
+    assert!(
+        !ok && out.contains("cluster.clusters: no cluster named \"nope\"; configured: default"),
+        "{out}"
+    );
+    let (ok, out) =
+        check(&Setup::new().section(&cluster_section("cluster_selector = { env = \"prod\" }")));
+    assert!(!ok && out.contains("cluster.cluster_selector: "), "{out}");
+    let (ok, out) = check(&Setup::new().section(&cluster_section(
+        "clusters = [\"default\"]\ncluster_selector = { env = \"prod\" }",
+    )));
+    assert!(
+        !ok && out
+            .contains("cluster.cluster_selector: give clusters or cluster_selector, not both"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -692,4 +723,156 @@ async fn a_request_in_flight_finishes_on_the_receivers_it_started_with() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("\"relayed\":true"), "{answer}");
+}
+
+/// A cluster of a fleet as [`cluster`] makes it, with its own token (and, as every stand-in,
+/// its own CA), and the `[[clusters]]` table that points at it.
+fn fleet_member(s: Setup, name: &str, objects: Vec<Value>) -> (Setup, StandIn) {
+    let token = format!("token-of-{name}");
+    let mut cfg = ApiConfig::new().user(&token, SA_USER);
+    for file in ["role.yaml", "cluster-mode/role.yaml"] {
+        for mut rule in deploy_role_rules(file, NS) {
+            if !rule.resource_names.is_empty() {
+                rule.resource_names = vec!["webhook-token".into()];
+            }
+            cfg = cfg.allow(SA_USER, rule);
+        }
+    }
+    for o in flux_objects().into_iter().chain(objects) {
+        cfg = cfg.object(o);
+    }
+    let api = StandIn::start(cfg).unwrap();
+    let kc = s.path(&format!("kubeconfig-{name}"));
+    api.write_kubeconfig(&kc, &token).unwrap();
+    owner_only(&kc);
+    let s = s.section(&format!(
+        "[[clusters]]\nname = \"{name}\"\nkubeconfig = \"{}\"\ntimeout = \"2s\"",
+        kc.display()
+    ));
+    (s, api)
+}
+
+/// Accepted patches of GitRepository flux-system/app in one cluster.
+fn app_patches(api: &StandIn) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH"
+                && r.status == 200
+                && r.path == "/apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/gitrepositories/app"
+        })
+        .count()
+}
+
+/// The clusters an answer lists.
+fn answered_clusters(body: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["clusters"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_receiver_in_two_of_three_clusters_has_one_path_and_follows_each_cluster() {
+    const TOKEN: &str = "fleet-token";
+    let deployed = || {
+        vec![
+            token_secret("webhook-token", TOKEN),
+            github("fleet", "webhook-token"),
+        ]
+    };
+    let (s, eu) = fleet_member(setup(""), "eu", deployed());
+    // us has the Secret, not (yet) the Receiver.
+    let (s, us) = fleet_member(s, "us", vec![token_secret("webhook-token", TOKEN)]);
+    let home = cluster(&["webhook-token"], deployed());
+    let gw = s.start_with(home);
+    wait_ready(&gw).await;
+    served(&gw, TOKEN, "fleet").await;
+    for c in ["default", "eu", "us"] {
+        assert_eq!(
+            gw.metric(&format!(
+                "fluxgate_cluster_watch_up{{cluster=\"{c}\",namespace=\"flux-system\"}}"
+            )),
+            1.0,
+            "{c}"
+        );
+    }
+
+    // One delivery reconciles where the Receiver exists: default and eu, not us.
+    let before = (app_patches(&gw.api), app_patches(&eu));
+    let (status, body) = push(&gw, TOKEN, "fleet").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answered_clusters(&body), ["default", "eu"], "{body}");
+    assert_eq!(
+        (app_patches(&gw.api), app_patches(&eu), app_patches(&us)),
+        (before.0 + 1, before.1 + 1, 0)
+    );
+
+    // Deleted in eu: the next deliveries reconcile in default alone, on the same path.
+    eu.delete_object(RECEIVER, "Receiver", NS, "fleet");
+    eventually("eu dropped", &gw, || async {
+        answered_clusters(&push(&gw, TOKEN, "fleet").await.1) == ["default"]
+    })
+    .await;
+    let eu_patches = app_patches(&eu);
+    let (status, body) = push(&gw, TOKEN, "fleet").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app_patches(&eu), eu_patches, "no more patches in eu");
+
+    // Created in us: added, with no change at the edge.
+    us.put_object(github("fleet", "webhook-token"));
+    eventually("us added", &gw, || async {
+        answered_clusters(&push(&gw, TOKEN, "fleet").await.1) == ["default", "us"]
+    })
+    .await;
+    assert!(app_patches(&us) >= 1);
+    assert_eq!(app_patches(&eu), eu_patches);
+    assert_eq!(
+        gw.metric("fluxgate_cluster_receivers{cluster=\"us\",state=\"served\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("fluxgate_cluster_receivers{cluster=\"eu\",state=\"served\"}"),
+        0.0
+    );
+
+    // Deleted everywhere it is left: the path is gone.
+    gw.api.delete_object(RECEIVER, "Receiver", NS, "fleet");
+    us.delete_object(RECEIVER, "Receiver", NS, "fleet");
+    gone(&gw, TOKEN, "fleet").await;
+    assert!(!gw.logs().contains(TOKEN), "the token stays out of the log");
+}
+
+#[tokio::test]
+async fn cluster_mode_follows_only_the_clusters_it_names() {
+    const TOKEN: &str = "fleet-token";
+    let deployed = || {
+        vec![
+            token_secret("webhook-token", TOKEN),
+            github("fleet", "webhook-token"),
+        ]
+    };
+    let (s, eu) = fleet_member(setup("clusters = [\"eu\"]"), "eu", deployed());
+    let gw = s.start_with(cluster(&["webhook-token"], deployed()));
+    wait_ready(&gw).await;
+    served(&gw, TOKEN, "fleet").await;
+    let (status, body) = push(&gw, TOKEN, "fleet").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(answered_clusters(&body), ["eu"], "{body}");
+    assert!(app_patches(&eu) >= 1);
+    assert_eq!(
+        app_patches(&gw.api),
+        0,
+        "default's Receivers are not followed"
+    );
+    let receivers_listed = gw
+        .api
+        .requests()
+        .iter()
+        .any(|r| r.path.ends_with("/receivers"));
+    assert!(
+        !receivers_listed,
+        "default's Receivers were not even listed"
+    );
 }

@@ -345,3 +345,96 @@ fn forward_keys_are_checked_when_the_configuration_loads() {
     assert!(ok, "{out}");
     assert!(out.contains("ignored in forward mode"), "{out}");
 }
+
+/// A second cluster for forward mode: its own stand-in API (CA, token, RBAC) proxying to
+/// `flux`, and a `[[clusters]]` table with its own kubeconfig.
+fn second_cluster(s: Setup, name: &str, flux: SocketAddr) -> (Setup, StandIn) {
+    let token = format!("token-of-{name}");
+    let mut c = ApiConfig::new().user(&token, SA_USER).service(
+        "flux-system",
+        "webhook-receiver",
+        Some("http"),
+        80,
+        flux,
+    );
+    for r in shipped_rules() {
+        c = c.allow(SA_USER, r);
+    }
+    let api = StandIn::start(c).unwrap();
+    let kc = s.path(&format!("kubeconfig-{name}"));
+    api.write_kubeconfig(&kc, &token).unwrap();
+    owner_only(&kc);
+    let s = s.section(&format!(
+        "[[clusters]]\nname = \"{name}\"\nkubeconfig = \"{}\"\ntimeout = \"2s\"",
+        kc.display()
+    ));
+    (s, api)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_mode_goes_to_each_clusters_own_flux_and_answers_per_cluster() {
+    let home_flux = Flux::start(None).await;
+    let eu_flux = Flux::start(Some(404)).await;
+    let (s, eu) = second_cluster(Setup::new(), "eu", eu_flux.addr);
+    let r = receiver(&s, "{}") + "clusters = [\"default\", \"eu\"]\n";
+    let gw = s.receiver(&r).start_with(cluster(home_flux.addr, true));
+
+    let (status, text) = push(&gw, "fleet-fwd-1").await;
+    // eu's Flux has no such Receiver: refused for good, while default took it.
+    assert_eq!(status, 502, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["clusters"]["default"]["forwarded"], 200, "{text}");
+    assert!(
+        answer["clusters"]["default"].get("refused").is_none(),
+        "{text}"
+    );
+    assert_eq!(answer["clusters"]["eu"]["forwarded"], 404, "{text}");
+    assert!(
+        answer["clusters"]["eu"]["refused"][0]
+            .as_str()
+            .unwrap()
+            .contains("no Receiver at this path (404)"),
+        "{text}"
+    );
+    // Each Flux got the delivery as sent, through its own cluster's service proxy.
+    let body = fixture("github/push.json");
+    for flux in [&home_flux, &eu_flux] {
+        let got = flux.got();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].path, hook(SECRET, NAME, "flux-system"));
+        assert_eq!(got[0].body, body);
+        assert_eq!(got[0].header("x-github-delivery"), Some("fleet-fwd-1"));
+    }
+    let proxied = |api: &StandIn| {
+        api.requests()
+            .iter()
+            .filter(|r| r.path.contains("/services/webhook-receiver:80/proxy/"))
+            .count()
+    };
+    assert_eq!(proxied(&eu), 1);
+    assert_eq!(gw.relayed().len(), 1, "one proxy call to the home API");
+    // Not taken everywhere: the provider's redelivery goes through again.
+    let (again, text) = push(&gw, "fleet-fwd-1").await;
+    assert_eq!(again, 502, "{text}");
+    assert_eq!((home_flux.got().len(), eu_flux.got().len()), (2, 2));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forward_mode_answers_200_when_every_cluster_took_the_delivery() {
+    let home_flux = Flux::start(None).await;
+    let eu_flux = Flux::start(None).await;
+    let (s, _eu) = second_cluster(Setup::new(), "eu", eu_flux.addr);
+    let r = receiver(&s, "{}") + "clusters = [\"*\"]\n";
+    let gw = s.receiver(&r).start_with(cluster(home_flux.addr, true));
+    let (status, text) = push(&gw, "fleet-fwd-2").await;
+    assert_eq!(status, 200, "{text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["clusters"]["default"]["forwarded"], 200, "{text}");
+    assert_eq!(answer["clusters"]["eu"]["forwarded"], 200, "{text}");
+    assert_eq!((home_flux.got().len(), eu_flux.got().len()), (1, 1));
+    // Taken everywhere: a replay is answered at the edge.
+    let (status, text) = push(&gw, "fleet-fwd-2").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"duplicate\":true"), "{text}");
+    assert_eq!((home_flux.got().len(), eu_flux.got().len()), (1, 1));
+}

@@ -34,15 +34,18 @@ enum Read {
 
 pub struct Secrets {
     client: Client,
+    /// The cluster's name, for the metrics.
+    cluster: Arc<str>,
     known: HashMap<SecretKey, SecretState>,
     /// Secrets whose reads fail while their last token is kept, warned about once.
     failing: HashSet<SecretKey>,
 }
 
 impl Secrets {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, cluster: Arc<str>) -> Self {
         Secrets {
             client,
+            cluster,
             known: HashMap::new(),
             failing: HashSet::new(),
         }
@@ -56,7 +59,7 @@ impl Secrets {
     /// not be read, and should be tried again before the next refresh; one whose token is
     /// known keeps it until a read succeeds or finds it gone.
     pub async fn read(&mut self, keys: &BTreeSet<SecretKey>) -> bool {
-        let reads = keys.iter().map(|k| fetch(&self.client, k));
+        let reads = keys.iter().map(|k| fetch(&self.client, &self.cluster, k));
         let results = futures::future::join_all(reads).await;
         let mut retry = false;
         for (key, read) in keys.iter().cloned().zip(results) {
@@ -102,27 +105,28 @@ pub fn secret_data(s: SecretObject) -> SecretData {
     }
 }
 
-async fn fetch(client: &Client, (namespace, name): &SecretKey) -> Read {
+async fn fetch(client: &Client, cluster: &str, (namespace, name): &SecretKey) -> Read {
     let counter = &metrics::get().cluster_secret_reads;
+    let count = |result: &str| counter.with_label_values(&[cluster, result]).inc();
     let api: Api<SecretObject> = Api::namespaced(client.clone(), namespace);
     let label = format!("{namespace}/{name}");
     match api.get(name).await.map_err(ApiError::from) {
         Ok(s) => {
-            counter.with_label_values(&["ok"]).inc();
+            count("ok");
             Read::Found(secret_data(s))
         }
         Err(e) if e.code() == Some(404) => {
-            counter.with_label_values(&["not_found"]).inc();
+            count("not_found");
             Read::Refused(format!("Secret {label} not found"))
         }
         Err(e) if e.code() == Some(403) => {
-            counter.with_label_values(&["forbidden"]).inc();
+            count("forbidden");
             Read::Refused(format!(
                 "not allowed to get Secret {label} (list it in the Role's resourceNames, see deploy/cluster-mode/): {e}"
             ))
         }
         Err(e) => {
-            counter.with_label_values(&["failed"]).inc();
+            count("failed");
             Read::Failed(e.to_string())
         }
     }

@@ -5,9 +5,11 @@
 use super::object::{convert, ReceiverObject, SecretData};
 use super::secrets::{SecretKey, SecretState};
 use crate::config::{Receiver, ReceiverDefaults, ALL_NAMESPACES};
+use crate::fleet::ClusterId;
 use crate::guard::ranges::RangeSets;
 use crate::metrics;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// Ids of cluster receivers count from here; the file's count from 0 by position. An id is kept
@@ -44,9 +46,32 @@ impl Entry {
     }
 }
 
+/// The cluster a set follows, and what its receivers say of it.
+#[derive(Clone)]
+pub struct Home {
+    pub id: ClusterId,
+    pub name: Arc<str>,
+    /// Whether answers list what happened per cluster (a fleet, or a cluster not `default`).
+    pub per_cluster: bool,
+    /// The ids of every cluster's receivers come from one counter, so they stay distinct
+    /// when the receivers of several clusters are served together.
+    pub ids: Arc<AtomicU32>,
+}
+
+impl Default for Home {
+    fn default() -> Self {
+        Home {
+            id: 0,
+            name: crate::fleet::DEFAULT.into(),
+            per_cluster: false,
+            ids: Arc::new(AtomicU32::new(FIRST_ID)),
+        }
+    }
+}
+
 pub struct ClusterSet {
     entries: BTreeMap<Key, Entry>,
-    next_id: u32,
+    home: Home,
     defaults: ReceiverDefaults,
     sets: RangeSets,
     /// Bumped when the defaults or range sets change, which rebuilds every receiver.
@@ -57,9 +82,14 @@ pub struct ClusterSet {
 
 impl ClusterSet {
     pub fn new(defaults: ReceiverDefaults, sets: RangeSets) -> Self {
+        Self::of(Home::default(), defaults, sets)
+    }
+
+    /// The Receivers of one cluster of the fleet; its receivers' targets reach that cluster.
+    pub fn of(home: Home, defaults: ReceiverDefaults, sets: RangeSets) -> Self {
         ClusterSet {
             entries: BTreeMap::new(),
-            next_id: FIRST_ID,
+            home,
             defaults,
             sets,
             inputs: 0,
@@ -122,8 +152,8 @@ impl ClusterSet {
                 }
             }
             _ => {
-                let id = self.next_id;
-                self.next_id = self.next_id.saturating_add(1);
+                // Wraps only after 2^31 Receivers were created in one process's life.
+                let id = self.home.ids.fetch_add(1, Ordering::Relaxed) | FIRST_ID;
                 let e = Entry {
                     object,
                     id,
@@ -143,7 +173,7 @@ impl ClusterSet {
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.entries.remove(key) {
             if e.served() {
-                tracing::info!(receiver = %e.object.label(), "Receiver deleted, no longer served");
+                tracing::info!(receiver = %e.object.label(), cluster = %self.home.name, "Receiver deleted, no longer served in this cluster");
             }
         }
     }
@@ -179,7 +209,7 @@ impl ClusterSet {
                 inputs: self.inputs,
             };
             if e.built.as_ref().is_none_or(|(s, _)| *s != stamp) {
-                let outcome = build(e, secret, &self.defaults, &mut self.sets);
+                let outcome = build(e, secret, &self.defaults, &mut self.sets, &self.home);
                 e.built = Some((stamp, outcome));
             }
             let Some((_, Ok(r))) = &e.built else {
@@ -200,10 +230,11 @@ impl ClusterSet {
         }
         self.collisions = collisions;
         let g = &metrics::get().cluster_receivers;
-        g.with_label_values(&["served"])
+        let name = &*self.home.name;
+        g.with_label_values(&[name, "served"])
             .set(served.len() as i64 - suspended);
-        g.with_label_values(&["suspended"]).set(suspended);
-        g.with_label_values(&["skipped"]).set(skipped);
+        g.with_label_values(&[name, "suspended"]).set(suspended);
+        g.with_label_values(&[name, "skipped"]).set(skipped);
         served
     }
 }
@@ -214,14 +245,18 @@ fn build(
     secret: Option<Result<&SecretData, &str>>,
     defaults: &ReceiverDefaults,
     sets: &mut RangeSets,
+    home: &Home,
 ) -> Result<Arc<Receiver>, String> {
     let label = e.object.label();
     match convert(&e.object, secret, defaults, e.id, sets) {
-        Ok((r, warnings)) => {
+        Ok((mut r, warnings)) => {
             for w in warnings {
-                tracing::warn!(receiver = %label, "Receiver {label}: {w}");
+                tracing::warn!(receiver = %label, cluster = %home.name, "Receiver {label}: {w}");
             }
-            tracing::info!(receiver = %label, r#type = %r.kind, targets = r.targets.len(), suspended = r.suspended, "serving Receiver");
+            let here: Arc<[ClusterId]> = Arc::from(vec![home.id]);
+            r.reach = r.targets.iter().map(|_| here.clone()).collect();
+            r.per_cluster = home.per_cluster;
+            tracing::info!(receiver = %label, cluster = %home.name, r#type = %r.kind, targets = r.targets.len(), suspended = r.suspended, "serving Receiver");
             Ok(Arc::new(r))
         }
         Err(skips) => {
@@ -231,7 +266,7 @@ fn build(
                 .collect::<Vec<_>>()
                 .join("; ");
             if !matches!(&e.built, Some((_, Err(before))) if *before == why) {
-                tracing::warn!(receiver = %label, "Receiver {label} is not served: {why}");
+                tracing::warn!(receiver = %label, cluster = %home.name, "Receiver {label} is not served: {why}");
             }
             Err(why)
         }

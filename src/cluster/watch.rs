@@ -1,4 +1,4 @@
-//! One task per watched namespace: list the Receivers, then follow the watch, with kube's
+//! One task per watched cluster and namespace: list the Receivers, then follow the watch, with kube's
 //! watcher (which resumes an ended watch where it was, and lists again when told the history
 //! is gone). A failure is reported and, after a backoff, the namespace is listed afresh: the
 //! list says for certain what exists now, whatever happened while the watch was down.
@@ -41,9 +41,12 @@ fn receivers(client: Client, scope: &str) -> Api<DynamicObject> {
     }
 }
 
+/// Where a watch sends its changes: tagged with the watching cluster's position.
+pub type Sink = (usize, mpsc::Sender<(usize, Change)>);
+
 /// Watches `scope` until the receiving end is gone. `client` must not have a read timeout
 /// shorter than a watch (the watcher has its own idle timeout).
-pub async fn run(client: Client, scope: String, tx: mpsc::Sender<Change>) {
+pub async fn run(client: Client, scope: String, tx: Sink) {
     let api = receivers(client, &scope);
     // client-go's reflector backoff: 0.8 s doubling to 30 s, with jitter.
     let mut backoff = DefaultBackoff::default();
@@ -54,7 +57,7 @@ pub async fn run(client: Client, scope: String, tx: mpsc::Sender<Change>) {
             scope: scope.clone(),
             error,
         };
-        if tx.send(failed).await.is_err() {
+        if tx.1.send((tx.0, failed)).await.is_err() {
             return;
         }
         tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(30))).await;
@@ -65,7 +68,7 @@ pub async fn run(client: Client, scope: String, tx: mpsc::Sender<Change>) {
 async fn follow(
     api: &Api<DynamicObject>,
     scope: &str,
-    tx: &mpsc::Sender<Change>,
+    tx: &Sink,
     backoff: &mut DefaultBackoff,
 ) -> Option<String> {
     let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
@@ -104,7 +107,7 @@ async fn follow(
             Some(Err(e)) => return Some(one_line(&error_chain(&e))),
             None => return Some("the watch stream ended".into()),
         };
-        if tx.send(change).await.is_err() {
+        if tx.1.send((tx.0, change)).await.is_err() {
             return None;
         }
     }

@@ -4,11 +4,13 @@
 
 use super::receivers::{self, RawReceiver};
 use super::{duration, Problems};
+use crate::fleet::{ClusterId, ClusterSelector, ClusterSpec};
 use crate::guard::ranges::RangeSets;
 use crate::relay::target::check_dns_label;
 use crate::secret::Secret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +20,10 @@ pub(super) struct RawCluster {
     watch_receivers: bool,
     namespaces: Option<Vec<String>>,
     secret_refresh: Option<String>,
+    /// Whose Receivers are followed: cluster names, or `["*"]` (the default: every cluster).
+    clusters: Option<Vec<String>>,
+    /// Or the clusters whose labels include all of these.
+    cluster_selector: Option<BTreeMap<String, String>>,
     #[serde(default)]
     defaults: ReceiverDefaults,
 }
@@ -69,12 +75,45 @@ pub struct ClusterSettings {
     /// deletion (a Role limited to named Secrets cannot list or watch them).
     pub secret_refresh: Duration,
     pub defaults: ReceiverDefaults,
+    /// The clusters whose Receivers are followed, by position in the fleet (default: all).
+    /// The same Receiver found in several of them is one path reconciling in each.
+    pub clusters: Vec<ClusterId>,
 }
 
 /// All namespaces, in `namespaces`.
 pub const ALL_NAMESPACES: &str = "*";
 
-pub(super) fn cluster(raw: RawCluster, sets: &mut RangeSets, p: &mut Problems) -> ClusterSettings {
+pub(super) fn cluster(
+    raw: RawCluster,
+    fleet: &[ClusterSpec],
+    sets: &mut RangeSets,
+    p: &mut Problems,
+) -> ClusterSettings {
+    let selector = ClusterSelector::from_keys(
+        "cluster",
+        raw.clusters.as_deref(),
+        raw.cluster_selector.as_ref(),
+    )
+    .map_err(|(k, why)| p.add(k, why))
+    .ok()
+    .flatten()
+    .unwrap_or(ClusterSelector::All);
+    let key = if raw.cluster_selector.is_some() {
+        "cluster.cluster_selector"
+    } else {
+        "cluster.clusters"
+    };
+    let clusters = match selector.resolve(fleet) {
+        Ok(ids) => ids,
+        // Without any cluster configured, [kubernetes] reports what is missing.
+        Err(_) if fleet.is_empty() => Vec::new(),
+        Err(e) => {
+            if raw.watch_receivers {
+                p.add(key, e);
+            }
+            Vec::new()
+        }
+    };
     let namespaces = raw
         .namespaces
         .unwrap_or_else(|| vec!["flux-system".to_string()]);
@@ -108,6 +147,7 @@ pub(super) fn cluster(raw: RawCluster, sets: &mut RangeSets, p: &mut Problems) -
         namespaces,
         secret_refresh,
         defaults: raw.defaults,
+        clusters,
     }
 }
 

@@ -245,8 +245,9 @@ impl Settings {
         }
         if self.cluster.watch_receivers != new.cluster.watch_receivers
             || self.cluster.namespaces != new.cluster.namespaces
+            || self.cluster.clusters != new.cluster.clusters
         {
-            d.push("cluster.watch_receivers/namespaces");
+            d.push("cluster.watch_receivers/namespaces/clusters");
         }
         d
     }
@@ -506,7 +507,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &mut p));
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
-    let mut cluster = cluster::cluster(raw.cluster, &mut ranges, &mut p);
+    let mut cluster = cluster::cluster(raw.cluster, &clusters, &mut ranges, &mut p);
     cluster.defaults.rules = Rules {
         no_cross_namespace_refs,
     };
@@ -624,12 +625,22 @@ fn place(rec: &mut Receiver, clusters: &[ClusterSpec], p: &mut Problems) -> bool
             }
         }
     }
+    if rec.forward.is_some() {
+        // Resources are ignored in forward mode: the receiver's own clusters are where it goes.
+        match rec.placement.selector.resolve(clusters) {
+            Ok(ids) => rec.forward_clusters = ids.into(),
+            Err(e) => {
+                p.add(&rec.placement.key, e);
+                ok = false;
+            }
+        }
+    }
     let default = clusters
         .iter()
         .position(|c| c.name == crate::fleet::DEFAULT);
-    rec.per_cluster = reach
-        .iter()
-        .any(|r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]));
+    let not_default_alone = |r: &Arc<[usize]>| default.is_none_or(|d| **r != [d]);
+    rec.per_cluster = reach.iter().any(not_default_alone)
+        || (rec.forward.is_some() && not_default_alone(&rec.forward_clusters));
     rec.reach = reach;
     ok
 }

@@ -98,7 +98,8 @@ pub struct Receiver {
     /// Lower-cased, so matching is case-insensitive as in Flux.
     pub events: Vec<String>,
     pub path: String,
-    pub verifier: Box<dyn Verifier>,
+    /// Shared with the receiver that joins one Receiver's clusters (cluster mode).
+    pub verifier: Arc<dyn Verifier>,
     pub targets: Vec<Arc<Target>>,
     /// Per target, in order: `resourceFilter` and the resource's own `filter`, both of which
     /// must hold for the target to be reconciled.
@@ -110,6 +111,10 @@ pub struct Receiver {
     /// always set when the body is kept, since every byte of it is held in memory.
     pub max_body_bytes: Option<u64>,
     pub forward: Option<ForwardSpec>,
+    /// The receiver's own `clusters`/`cluster_selector` (default: `default`), resolved at load
+    /// time into `forward_clusters`: where forward mode forwards each delivery.
+    pub placement: Placement,
+    pub forward_clusters: Arc<[ClusterId]>,
     /// Each target as answers name it, written once rather than for every delivery.
     pub target_names: Vec<String>,
     /// Per target, in order: the selector that picks its clusters, and the key it came from.
@@ -121,7 +126,7 @@ pub struct Receiver {
     /// what happened per cluster.
     pub per_cluster: bool,
     /// `None`: every address may deliver.
-    pub allow: Option<AllowList>,
+    pub allow: Option<Arc<AllowList>>,
     /// How long an accepted delivery id is remembered; zero turns deduplication off.
     pub replay_window: Duration,
     /// Watched for changes: a changed secret reloads the configuration.
@@ -132,6 +137,43 @@ pub struct Receiver {
 }
 
 impl Receiver {
+    /// One receiver for the same Receiver found in several clusters (cluster mode): the
+    /// first part verifies and decides everything but what to reconcile, and each part brings
+    /// its own targets, filters and the cluster they reach. The body is kept when any part's
+    /// filters need it.
+    pub fn joined(parts: &[Arc<Receiver>]) -> Option<Receiver> {
+        let first = parts.first()?;
+        let all = || parts.iter().map(|p| &**p);
+        let keep_body = all().any(|p| p.keep_body);
+        let max_body_bytes = all().filter_map(|p| p.max_body_bytes).max();
+        Some(Receiver {
+            id: first.id,
+            name: first.name.clone(),
+            namespace: first.namespace.clone(),
+            label: first.label.clone(),
+            kind: first.kind,
+            events: first.events.clone(),
+            path: first.path.clone(),
+            verifier: first.verifier.clone(),
+            targets: all().flat_map(|p| p.targets.iter().cloned()).collect(),
+            filters: all().flat_map(|p| p.filters.iter().cloned()).collect(),
+            keep_body,
+            max_body_bytes: max_body_bytes.or(keep_body.then_some(DEFAULT_KEPT_BODY_BYTES)),
+            forward: first.forward.clone(),
+            placement: first.placement.clone(),
+            forward_clusters: first.forward_clusters.clone(),
+            target_names: all().flat_map(|p| p.target_names.iter().cloned()).collect(),
+            placements: all().flat_map(|p| p.placements.iter().cloned()).collect(),
+            reach: all().flat_map(|p| p.reach.iter().cloned()).collect(),
+            per_cluster: true,
+            allow: first.allow.clone(),
+            replay_window: first.replay_window,
+            secret_files: first.secret_files.clone(),
+            suspended: first.suspended,
+            delivery_id_header: first.delivery_id_header.clone(),
+        })
+    }
+
     /// Flux's rule: an empty list accepts every event; otherwise the event must be listed.
     pub fn accepts_event(&self, event: Option<&str>) -> bool {
         if self.events.is_empty() {
@@ -288,7 +330,7 @@ fn build(
             p.add(format!("{key}.path"), format!("{path:?} must be /hook/ followed by printable characters, with no query, fragment or percent-encoding"));
         }
     }
-    let allow = allow_list(key, &r.allow_from, sets, p);
+    let allow = allow_list(key, &r.allow_from, sets, p).map(Arc::new);
     let replay_window = duration_or_off(
         &format!("{key}.replay_window"),
         r.replay_window.as_deref(),
@@ -471,7 +513,7 @@ fn build(
         max_body_bytes: r
             .max_body_bytes
             .or(keep_body.then_some(DEFAULT_KEPT_BODY_BYTES)),
-        verifier,
+        verifier: Arc::from(verifier),
         filters,
         forward: r.forward,
         events: r.events.iter().map(|e| e.to_lowercase()).collect(),
@@ -484,6 +526,8 @@ fn build(
         reach: targets.iter().map(|_| Arc::from(vec![0])).collect(),
         per_cluster: false,
         placements,
+        placement: default_placement,
+        forward_clusters: Arc::from(vec![0]),
         targets,
         allow,
         replay_window,

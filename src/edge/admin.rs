@@ -130,8 +130,12 @@ fn readiness<'a>(
     let stranded: Vec<&str> = receivers
         .iter()
         .filter(|r| {
-            // Forward mode and cluster mode use the home cluster.
+            // Forward mode goes to the receiver's own clusters; a receiver without targets
+            // needs the home cluster no more than any other.
             let home_down = || down.iter().any(|(i, _)| name(*i) == home);
+            if r.forward.is_some() {
+                return r.forward_clusters.iter().all(is_down);
+            }
             if r.reach.is_empty() {
                 return home_down();
             }

@@ -93,9 +93,13 @@ struct PerCluster<'a> {
     unmatched: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     queued: Vec<&'a str>,
-    /// Refused for good (403, 404, a filter that cannot be evaluated, dropped).
+    /// Refused for good (403, 404, a filter that cannot be evaluated, dropped); in forward
+    /// mode, why the delivery did not take effect in that cluster.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     refused: Vec<String>,
+    /// Forward mode: the status that cluster's Flux receiver answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forwarded: Option<u16>,
 }
 
 /// A delivery that passed verification: what the filters and forward mode work from.
@@ -402,9 +406,11 @@ impl HookApp {
         Answer::json(status, outcome, &summary)
     }
 
-    /// Forward mode: Flux's own receiver answers, through the API server's service proxy. Its
-    /// 200 is passed on; anything else means the delivery did not take effect, so the answer
-    /// is an error the provider retries or shows.
+    /// Forward mode: Flux's own receiver answers, through the API server's service proxy, in
+    /// each cluster the receiver names (at once). Its 200 is passed on; anything else means
+    /// the delivery did not take effect, so the answer is an error the provider retries or
+    /// shows. Several clusters: 200 only when every one answered 200, else 502 when one refused
+    /// for good, else 503; the body says what each answered.
     async fn forward_to(
         &self,
         receiver: &Receiver,
@@ -415,53 +421,65 @@ impl HookApp {
     ) -> Answer {
         let body = verified.body.unwrap_or_default();
         let head = &verified.head.headers;
-        let refused = |status: u16, why: String| {
-            Answer::text(
-                status,
-                "forward_refused",
-                &format!("Flux's receiver did not take the delivery: {why}"),
-            )
+        let fleet = self.relay.fleet();
+        // One copy of the body per cluster while the requests are out: the body is capped
+        // (`max_body_bytes`), and so is the number of clusters, by the configuration.
+        let sends = receiver
+            .forward_clusters
+            .iter()
+            .filter_map(|&c| fleet.cluster(c))
+            .map(|c| {
+                let body = body.clone();
+                async move {
+                    let sent = forward(&c.api, spec, &receiver.path, head, body, client).await;
+                    (
+                        &*c.name,
+                        sent.map_err(|e| (e.is_permanent(), e.to_string())),
+                    )
+                }
+            });
+        let results = futures::future::join_all(sends).await;
+        let summary = |forwarded, clusters| Summary {
+            receiver: &receiver.label,
+            event: log.event.as_deref(),
+            relayed: true,
+            forwarded,
+            clusters,
+            ..Summary::default()
         };
-        match forward(self.relay.api(), spec, &receiver.path, head, body, client).await {
-            Ok(200) => Answer::json(
-                200,
-                "forwarded",
-                &Summary {
-                    receiver: &receiver.label,
-                    event: log.event.as_deref(),
-                    relayed: true,
-                    forwarded: Some(200),
-                    ..Summary::default()
-                },
-            ),
-            Ok(404) => refused(
-                502,
-                "no Receiver at this path (404); its token, name and namespace must match this receiver's".into(),
-            ),
-            Ok(503) => refused(
-                503,
-                "the Receiver is suspended or not ready (503)".into(),
-            ),
-            Ok(400) => refused(
-                502,
-                "it refused the delivery (400); its Secret or type differs from this receiver's".into(),
-            ),
-            Ok(500) => refused(
-                502,
-                "it could not request a reconcile of every resource (500)".into(),
-            ),
-            Ok(other) => refused(502, format!("it answered {other}")),
-            Err(e) if e.is_permanent() => Answer::text(
-                502,
-                "forward_refused",
-                &format!("the Kubernetes API refused to forward the delivery: {e}"),
-            ),
-            Err(e) => Answer::text(
-                503,
-                "forward_failed",
-                &format!("cannot reach Flux's receiver through the Kubernetes API: {e}"),
-            ),
+        if !receiver.per_cluster {
+            let Some((_, sent)) = results.into_iter().next() else {
+                return Answer::text(503, "forward_failed", "no cluster to forward to");
+            };
+            return match forwarded(sent) {
+                Ok(()) => Answer::json(200, "forwarded", &summary(Some(200), None)),
+                Err((status, outcome, why)) => Answer::text(status, outcome, &why),
+            };
         }
+        let mut worst: Option<(u16, &'static str)> = None;
+        let mut clusters = BTreeMap::new();
+        for (name, sent) in results {
+            let per = PerCluster {
+                forwarded: sent.as_ref().ok().copied(),
+                ..PerCluster::default()
+            };
+            let per = match forwarded(sent) {
+                Ok(()) => per,
+                Err((status, outcome, why)) => {
+                    // A refusal for good outranks a passing failure: retrying will not help.
+                    if worst.is_none_or(|(s, _)| s != 502) {
+                        worst = Some((status, outcome));
+                    }
+                    PerCluster {
+                        refused: vec![why],
+                        ..per
+                    }
+                }
+            };
+            clusters.insert(name, per);
+        }
+        let (status, outcome) = worst.unwrap_or((200, "forwarded"));
+        Answer::json(status, outcome, &summary(None, Some(clusters)))
     }
 
     /// Writes the answer, logs and counts the request, and decides whether the connection
@@ -503,6 +521,46 @@ impl HookApp {
             Ok(reusable) => reusable.map(|r| ReusedHttpStream::from_reusable_stream(r, persist)),
             Err(_) => None,
         }
+    }
+}
+
+/// What one cluster's Flux receiver made of a forwarded delivery: `Ok` for its 200, else the
+/// status, outcome and reason fluxgate answers with. `sent` is what Flux answered, or the API
+/// server's own error (refused for good, or not).
+fn forwarded(sent: Result<u16, (bool, String)>) -> Result<(), (u16, &'static str, String)> {
+    let refused = |status: u16, why: &str| {
+        Err((
+            status,
+            "forward_refused",
+            format!("Flux's receiver did not take the delivery: {why}"),
+        ))
+    };
+    match sent {
+        Ok(200) => Ok(()),
+        Ok(404) => refused(
+            502,
+            "no Receiver at this path (404); its token, name and namespace must match this receiver's",
+        ),
+        Ok(503) => refused(503, "the Receiver is suspended or not ready (503)"),
+        Ok(400) => refused(
+            502,
+            "it refused the delivery (400); its Secret or type differs from this receiver's",
+        ),
+        Ok(500) => refused(
+            502,
+            "it could not request a reconcile of every resource (500)",
+        ),
+        Ok(other) => refused(502, &format!("it answered {other}")),
+        Err((true, e)) => Err((
+            502,
+            "forward_refused",
+            format!("the Kubernetes API refused to forward the delivery: {e}"),
+        )),
+        Err((false, e)) => Err((
+            503,
+            "forward_failed",
+            format!("cannot reach Flux's receiver through the Kubernetes API: {e}"),
+        )),
     }
 }
 

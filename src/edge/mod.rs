@@ -18,7 +18,7 @@ pub mod tls_stream;
 pub mod upgrade;
 
 use crate::cluster::status::WatchStatus;
-use crate::cluster::ClusterWatch;
+use crate::cluster::{ClusterWatch, Watched};
 use crate::config::Settings;
 use crate::fleet::Fleet;
 use crate::history::History;
@@ -123,17 +123,25 @@ pub fn run(
     let (relay_queue, relay_wait) = (settings.relay.queue.clone(), settings.relay.wait);
     let relay_events = settings.relay.events;
 
-    let cluster = settings
-        .cluster
-        .watch_receivers
-        .then(|| kubes.first().cloned())
-        .flatten()
-        .map(|kube| {
-            (
-                kube,
-                Arc::new(WatchStatus::new(&settings.cluster.namespaces)),
-            )
-        });
+    // Cluster mode follows the Receivers of every cluster `[cluster]` picks (default: all).
+    let cluster = settings.cluster.watch_receivers.then(|| {
+        let watched: Vec<Watched> = settings
+            .cluster
+            .clusters
+            .iter()
+            .filter_map(|&id| {
+                let (spec, kube) = (settings.clusters.get(id)?, kubes.get(id)?);
+                Some(Watched {
+                    id,
+                    name: spec.name.as_str().into(),
+                    kube: kube.clone(),
+                })
+            })
+            .collect();
+        let names: Vec<&str> = watched.iter().map(|w| &*w.name).collect();
+        let status = Arc::new(WatchStatus::new(&names, &settings.cluster.namespaces));
+        (watched, status)
+    });
     for c in &settings.clusters {
         tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
     }
@@ -238,12 +246,12 @@ pub fn run(
     admin.threads = Some(1);
     admin.add_tcp(&admin_listen.to_string());
 
-    if let Some((kube, status)) = cluster {
+    if let Some((clusters, status)) = cluster {
         server.add_service(background_service(
             "fluxgate cluster",
             ClusterWatch {
                 live: live.clone(),
-                kube,
+                clusters,
                 status,
             },
         ));

@@ -73,7 +73,7 @@ impl Relay {
         Relay { fleet, wait }
     }
 
-    /// The home cluster's API, which forward mode goes through.
+    /// The home cluster's API (forward mode goes through each cluster's own).
     pub fn api(&self) -> &KubeApi {
         &self.fleet.home().api
     }
