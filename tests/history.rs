@@ -78,6 +78,28 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
     )
 }
 
+/// A gateway with one GitHub receiver `gh` (target GitRepository `app`) and a durable queue,
+/// `relay` added to its `[relay]` section; and the queue's directory.
+fn durable_gh(relay: &str) -> (Gateway, std::path::PathBuf) {
+    let s = Setup::new().section(NO_LIMITS);
+    let queue = s.path("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section(&format!(
+            "[relay]\nqueue_dir = \"{}\"\n{relay}",
+            queue.display()
+        ))
+        .receiver(&gh)
+        .start();
+    (g, queue)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
     let s = Setup::new().section(NO_LIMITS);
@@ -322,22 +344,7 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_history_survives_a_restart_and_streams_and_redelivers() {
-    let s = Setup::new().section(NO_LIMITS);
-    let queue = s.path("queue");
-    std::fs::create_dir_all(&queue).unwrap();
-    let gh = github(
-        &s,
-        "gh",
-        "gh-secret",
-        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
-    );
-    let mut g = s
-        .section(&format!(
-            "[relay]\nqueue_dir = \"{}\"\n\n[history]\nsize = 50",
-            queue.display()
-        ))
-        .receiver(&gh)
-        .start();
+    let (mut g, queue) = durable_gh("\n[history]\nsize = 50");
     let path = hook("gh-secret", "gh", "flux-system");
 
     // The stream delivers a new record within a second.
@@ -663,22 +670,8 @@ async fn a_dropped_job_is_recorded_with_why() {
 /// durable queue with nobody waiting, and the record still becomes patched.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queued_record_is_settled_by_the_job_resumed_after_a_restart() {
-    let s = Setup::new().section(NO_LIMITS);
-    let queue = s.path("queue");
-    std::fs::create_dir_all(&queue).unwrap();
-    let gh = github(
-        &s,
-        "gh",
-        "gh-secret",
-        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
-    );
-    let mut g = s
-        .section(&format!(
-            "[relay]\nqueue_dir = \"{}\"\nwait = \"100ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"",
-            queue.display()
-        ))
-        .receiver(&gh)
-        .start();
+    let (mut g, _) =
+        durable_gh("wait = \"100ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"");
     g.api.set_down(true);
     let id = uid();
     let b = fresh_push();
