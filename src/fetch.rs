@@ -37,7 +37,7 @@ pub async fn get(
 
 /// reqwest's message with the causes under it ("error sending request" alone does not say
 /// whether the name did not resolve or the connection was refused).
-fn causes(e: &reqwest::Error) -> String {
+pub fn causes(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut next = e.source();
     while let Some(c) = next {

@@ -286,22 +286,8 @@ fn table(
 /// (created exclusively, mode 0600) and renamed over the path, so a reader never sees half a
 /// token and an existing file is replaced at once.
 fn write_token(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let fail = |e: std::io::Error| format!("--token-file {}: {e}", path.display());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(fail)?;
-    }
-    tmp.write_all(bytes).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
-    Ok(())
+    crate::secret::write_owner_only(path, bytes)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))
 }
 
 /// Appends the table to a TOML file, refusing one that already has this receiver (its path

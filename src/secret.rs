@@ -134,6 +134,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Writes `bytes` to a new owner-only file beside `path` (0600 from its creation) and renames
+/// it over `path`, so a reader sees the old content or the new, never half of it, and no one
+/// else may read it at any moment. For secrets fluxgate writes: tokens, keys, certificates.
+pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1301,3 +1301,76 @@ fn events_component_renders_least_privilege() {
         json!([{"kind": "ServiceAccount", "name": "fluxgate", "namespace": NS}])
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// deploy/acme: the optional component for ACME storage in the cluster
+
+#[test]
+fn acme_component_renders_least_privilege() {
+    let Some(kubectl) = kubectl("acme_component_renders_least_privilege") else {
+        return;
+    };
+    let k: Value = serde_saphyr::from_str(&read_deploy("acme/kustomization.yaml")).unwrap();
+    assert_eq!(k["kind"], "Component");
+    assert_eq!(str_list(&k["resources"]), ["role.yaml", "rolebinding.yaml"]);
+    // Off as shipped; the comment says how to turn it on.
+    assert!(read_deploy("kustomization.yaml").contains("#   - acme\n"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("deploy");
+    std::fs::create_dir_all(copy.join("acme")).unwrap();
+    for dir in ["", "acme"] {
+        for e in std::fs::read_dir(deploy_dir().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                std::fs::copy(&p, copy.join(dir).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let on = read_deploy("kustomization.yaml").replace(COMPONENT_OFF, "components:\n  - acme\n");
+    std::fs::write(copy.join("kustomization.yaml"), on).unwrap();
+    let out = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&copy)
+        .env("HOME", tmp.path())
+        .env("KUBECACHEDIR", tmp.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        describe(&out)
+    );
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text(&out.stdout)).unwrap();
+    assert_eq!(docs.len(), 6, "{docs:#?}");
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], NS, "{d}");
+    }
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    // get/update only on the named objects; the only unnamed verb is create, which
+    // Kubernetes cannot restrict by name. No list, watch, patch or delete anywhere.
+    assert_eq!(
+        named("Role", "fluxgate-acme")["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["secrets"],
+             "resourceNames": ["fluxgate-tls", "fluxgate-acme-account"],
+             "verbs": ["get", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "resourceNames": ["fluxgate-acme"], "verbs": ["get", "update"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
+        ])
+    );
+    assert_eq!(
+        named("RoleBinding", "fluxgate-acme")["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "fluxgate", "namespace": NS}])
+    );
+    assert_eq!(
+        named("RoleBinding", "fluxgate-acme")["roleRef"]["name"],
+        "fluxgate-acme"
+    );
+}

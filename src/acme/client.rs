@@ -4,6 +4,7 @@
 //! crypto provider (ring), and so that `ca_roots` and the CA's `Retry-After` are ours to see.
 
 use super::{challenge, storage::Storage, Acme, AcmeConfig};
+use crate::fetch::causes;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use instant_acme::{
@@ -141,20 +142,6 @@ fn retry_after(h: &http::HeaderMap) -> Option<SystemTime> {
 
 fn httpdate(v: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(v).ok()
-}
-
-/// reqwest's message with the causes under it ("error sending request" alone does not say
-/// whether the name did not resolve or the certificate was not trusted).
-fn causes(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(c) = next {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        next = c.source();
-    }
-    out
 }
 
 /// The account: loaded from storage, or registered (and stored) the first time.

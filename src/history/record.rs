@@ -94,17 +94,10 @@ pub fn now() -> String {
         .unwrap_or_default()
 }
 
-/// Nanoseconds since 1970, strictly increasing in this process.
+/// Nanoseconds since 1970, strictly increasing in this process (the relay's generations
+/// count the same way, from the same clock).
 pub(super) fn next_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
-    let prev = LAST
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-            Some(now.max(last + 1))
-        })
-        .unwrap_or(now);
-    now.max(prev + 1).to_string()
+    crate::relay::job::next_generation().to_string()
 }
 
 fn clip(s: &mut String, n: usize) {

@@ -218,6 +218,18 @@ pub(crate) fn default_kinds() -> Vec<KindInfo> {
             short_names: &["ev"],
             custom: false,
         },
+        // Leases, which leader election uses: fluxgate replicas sharing ACME storage take
+        // one so that a single replica orders while the others wait.
+        KindInfo {
+            group: "coordination.k8s.io",
+            version: "v1",
+            kind: "Lease",
+            plural: "leases",
+            singular: "lease",
+            namespaced: true,
+            short_names: &[],
+            custom: false,
+        },
         KindInfo {
             group: "",
             version: "v1",

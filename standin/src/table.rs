@@ -59,6 +59,15 @@ fn columns(kind: &KindInfo) -> Vec<Column> {
             cols.push(col("Data", "string", Source::DataCount));
             cols.push(age);
         }
+        // `kubectl get lease`: NAME, HOLDER, AGE, as the real printer does.
+        ("coordination.k8s.io", "Lease") => {
+            cols.push(col(
+                "Holder",
+                "string",
+                Source::Path(&["spec", "holderIdentity"]),
+            ));
+            cols.push(age);
+        }
         ("", "Namespace") => {
             cols.push(col("Status", "string", Source::Path(&["status", "phase"])));
             cols.push(age);

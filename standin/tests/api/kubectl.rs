@@ -271,3 +271,70 @@ fn kubectl_human_output_and_whoami() {
     k.ok(&["delete", "namespace", "team-a"]);
     assert!(api.object("v1", "Secret", "team-a", "hook").is_none());
 }
+
+/// What ACME storage for replicas uses, as kubectl makes and shows it: a TLS Secret from
+/// `kubectl create secret tls`, and a Lease listed with its holder.
+#[test]
+fn kubectl_creates_a_tls_secret_and_shows_a_lease() {
+    let api = StandIn::start(config()).unwrap();
+    let Some(k) = Kubectl::new(&api, ADMIN_TOKEN) else {
+        return;
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["hooks.example.com".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    k.ok(&[
+        "-n",
+        "flux-system",
+        "create",
+        "secret",
+        "tls",
+        "fluxgate-tls",
+        "--cert",
+        crt.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_str(&k.ok(&[
+        "-n",
+        "flux-system",
+        "get",
+        "secret",
+        "fluxgate-tls",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(v["type"], "kubernetes.io/tls");
+    let mut keys: Vec<&str> = v["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|s| s.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["tls.crt", "tls.key"]);
+
+    let lease = dir.path().join("lease.json");
+    std::fs::write(
+        &lease,
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "fluxgate-acme", "namespace": "flux-system"},
+            "spec": {"holderIdentity": "replica-a", "leaseDurationSeconds": 30}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // The stand-in serves no OpenAPI document for client-side validation.
+    k.ok(&["create", "--validate=false", "-f", lease.to_str().unwrap()]);
+    let table = k.ok(&["-n", "flux-system", "get", "lease"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOLDER", "AGE"], "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..2], ["fluxgate-acme", "replica-a"], "{table}");
+}

@@ -5,6 +5,7 @@ mod auth;
 mod control;
 mod discovery;
 mod kubectl;
+mod leases;
 mod objects;
 mod selectors;
 mod watch;
