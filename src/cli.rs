@@ -565,6 +565,10 @@ fn print_full(v: &serde_json::Value) {
         }
         match val {
             serde_json::Value::String(s) => println!("{k:<13} {s}"),
+            // 202 is the answer given; the relay's result came later (outcome, targets).
+            other if k == "status" && other == 202 && v["outcome"] != "queued" => {
+                println!("{k:<13} {other} (answered before the relay finished; its result is the outcome)")
+            }
             other => println!("{k:<13} {other}"),
         }
     }
@@ -587,6 +591,19 @@ fn print_full(v: &serde_json::Value) {
                 println!("                {what}: {}", names.join(", "));
             }
         }
-        println!("                at {}", str_of(t, "at"));
+        let names = t["filtered"].as_array().into_iter().flatten();
+        let by = t["filteredBy"].as_array().into_iter().flatten();
+        for (name, by) in names.zip(by) {
+            println!(
+                "                {} filtered out by {}",
+                name.as_str().unwrap_or_default(),
+                by.as_str().unwrap_or_default()
+            );
+        }
+        println!(
+            "                {} at {}",
+            str_of(t, "state"),
+            str_of(t, "at")
+        );
     }
 }

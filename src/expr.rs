@@ -52,6 +52,8 @@ impl Scope {
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    /// The configuration key it came from, to say which expression turned an object down.
+    key: Option<Arc<str>>,
 }
 
 impl fmt::Debug for Expr {
@@ -104,7 +106,23 @@ impl Expr {
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
+            key: None,
         })
+    }
+
+    /// The same expression, known by its configuration key.
+    pub fn named(mut self, key: String) -> Expr {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// `key = source` (or the source alone when the key is unknown, as for a job resumed
+    /// from disk): configuration, not a secret, so it may be shown.
+    pub fn describe(&self) -> String {
+        match &self.key {
+            Some(k) => format!("{k} = {}", self.source),
+            None => self.source.to_string(),
+        }
     }
 
     /// Whether the expression reads the request body, so the body must be kept for it.

@@ -78,6 +78,28 @@ fn github(s: &Setup, name: &str, secret: &str, extra: &str) -> String {
     )
 }
 
+/// A gateway with one GitHub receiver `gh` (target GitRepository `app`) and a durable queue,
+/// `relay` added to its `[relay]` section; and the queue's directory.
+fn durable_gh(relay: &str) -> (Gateway, std::path::PathBuf) {
+    let s = Setup::new().section(NO_LIMITS);
+    let queue = s.path("queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section(&format!(
+            "[relay]\nqueue_dir = \"{}\"\n{relay}",
+            queue.display()
+        ))
+        .receiver(&gh)
+        .start();
+    (g, queue)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
     let s = Setup::new().section(NO_LIMITS);
@@ -253,6 +275,20 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
     assert_eq!(r["outcome"], "relayed", "{r}");
     assert_eq!(r["targets"][0]["state"], "filtered", "{r}");
     assert_eq!(r["targets"][0]["filtered"][0], "app", "{r}");
+    // Which expression turned it down: its key and source text.
+    let by = r["targets"][0]["filteredBy"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        by.ends_with(".resource_filter = res.metadata.labels.app == \"db\""),
+        "{r}"
+    );
+    let (okay, full) = cli(&g, &["deliveries", &filtered_id]);
+    assert!(okay, "{full}");
+    assert!(
+        full.contains(&format!("app filtered out by {by}")),
+        "{full}"
+    );
     let r = record(&g, &failed_id, settled).await;
     assert_eq!(r["outcome"], "relay_refused", "{r}");
     assert_eq!(r["targets"][0]["state"], "filter_failed", "{r}");
@@ -308,22 +344,7 @@ async fn refusals_and_relay_outcomes_are_recorded_with_their_reasons() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_history_survives_a_restart_and_streams_and_redelivers() {
-    let s = Setup::new().section(NO_LIMITS);
-    let queue = s.path("queue");
-    std::fs::create_dir_all(&queue).unwrap();
-    let gh = github(
-        &s,
-        "gh",
-        "gh-secret",
-        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
-    );
-    let mut g = s
-        .section(&format!(
-            "[relay]\nqueue_dir = \"{}\"\n\n[history]\nsize = 50",
-            queue.display()
-        ))
-        .receiver(&gh)
-        .start();
+    let (mut g, queue) = durable_gh("\n[history]\nsize = 50");
     let path = hook("gh-secret", "gh", "flux-system");
 
     // The stream delivers a new record within a second.
@@ -549,4 +570,127 @@ async fn the_admin_token_guards_the_page_and_the_api() {
     );
     assert!(okay, "{out}");
     assert!(!out.contains("admin-token-value"), "{out}");
+}
+
+/// Coalesced, deterministically: the first delivery patches, the second waits for
+/// `relay.min_interval` (202), the third joins the second's waiting job. The second's record
+/// says it was coalesced into the third's patch; the third's, that it patched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coalesced_delivery_names_the_patch_it_joined() {
+    let s = Setup::new().section(NO_LIMITS);
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section("[relay]\nwait = \"200ms\"\nmin_interval = \"2s\"")
+        .receiver(&gh)
+        .start();
+    let path = hook("gh-secret", "gh", "flux-system");
+    let (first, second, third) = (uid(), uid(), uid());
+    for (id, want) in [(&first, 200), (&second, 202), (&third, 202)] {
+        let b = fresh_push();
+        let (st, text) = g.post(&path, &refs(&signed("gh-secret", &b, id)), b).await;
+        assert_eq!(st, want, "{text}");
+    }
+    let settled = |v: &Value| v["targets"][0]["state"] != "queued";
+    let r1 = record(&g, &first, settled).await;
+    assert_eq!(r1["targets"][0]["state"], "patched", "{r1}");
+    let until = Instant::now() + Duration::from_secs(5);
+    let r3 = loop {
+        let r = record(&g, &third, |_| true).await;
+        if settled(&r) || Instant::now() > until {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r3["targets"][0]["state"], "patched", "{r3}");
+    assert_eq!(r3["outcome"], "relayed", "{r3}");
+    let r2 = record(&g, &second, settled).await;
+    assert_eq!(r2["outcome"], "relayed", "{r2}");
+    assert_eq!(r2["status"], 202, "{r2}");
+    assert_eq!(r2["targets"][0]["state"], "coalesced", "{r2}");
+    let into = r3["requestedAt"].as_str().unwrap();
+    assert!(
+        r2["targets"][0]["detail"].as_str().unwrap().contains(into),
+        "{r2} is not coalesced into {into}"
+    );
+    assert_ne!(r2["requestedAt"], r3["requestedAt"]);
+    // The CLI shows both the answer given and what the relay did later, and when.
+    let (okay, full) = cli(&g, &["deliveries", &second]);
+    assert!(okay, "{full}");
+    assert!(
+        full.contains("status        202 (answered before the relay finished"),
+        "{full}"
+    );
+    assert!(full.contains("outcome       relayed"), "{full}");
+    assert!(full.contains("coalesced at "), "{full}");
+}
+
+/// Dropped, deterministically: one attempt allowed, against an API that is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_job_is_recorded_with_why() {
+    let s = Setup::new().section(NO_LIMITS);
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s
+        .section("[relay]\nwait = \"100ms\"\nmax_attempts = 1")
+        .receiver(&gh)
+        .start();
+    g.api.set_down(true);
+    let id = uid();
+    let b = fresh_push();
+    let (st, _) = g
+        .post(
+            &hook("gh-secret", "gh", "flux-system"),
+            &refs(&signed("gh-secret", &b, &id)),
+            b,
+        )
+        .await;
+    assert!(matches!(st, 202 | 502), "{st}");
+    let r = record(&g, &id, |v| v["targets"][0]["state"] != "queued").await;
+    assert_eq!(r["outcome"], "relay_refused", "{r}");
+    assert_eq!(r["targets"][0]["state"], "dropped", "{r}");
+    assert!(
+        r["targets"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 attempts"),
+        "{r}"
+    );
+}
+
+/// A delivery queued when fluxgate stopped: the restarted process resumes its job from the
+/// durable queue with nobody waiting, and the record still becomes patched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_record_is_settled_by_the_job_resumed_after_a_restart() {
+    let (mut g, _) =
+        durable_gh("wait = \"100ms\"\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"");
+    g.api.set_down(true);
+    let id = uid();
+    let b = fresh_push();
+    let (st, _) = g
+        .post(
+            &hook("gh-secret", "gh", "flux-system"),
+            &refs(&signed("gh-secret", &b, &id)),
+            b,
+        )
+        .await;
+    assert_eq!(st, 202);
+    let r = record(&g, &id, |_| true).await;
+    assert_eq!(r["targets"][0]["state"], "queued", "{r}");
+
+    g.restart();
+    g.api.set_down(false);
+    let r = record(&g, &id, |v| v["outcome"] != "queued").await;
+    assert_eq!(r["outcome"], "relayed", "{r}");
+    assert_eq!(r["status"], 202, "{r}");
+    assert_eq!(r["targets"][0]["state"], "patched", "{r}");
+    assert!(!g.patches().is_empty());
 }

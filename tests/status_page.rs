@@ -206,3 +206,131 @@ async fn the_status_page_shows_deliveries_live_in_chromium() {
     std::fs::write(dir.join("status-page.png"), bytes).unwrap();
     let _ = d.http.delete(format!("{}{}", d.base, at(""))).send().await;
 }
+
+/// The page elides a hook path exactly as `fluxgate check` does (one function,
+/// `hook_path::elide`), never showing the full path.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_elides_paths_as_check_does() {
+    let s = Setup::new();
+    let gh = format!(
+        "name = \"web\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        s.secret("web", "elide-secret").display()
+    );
+    let g = s.receiver(&gh).start();
+    let path = hook("elide-secret", "web", "flux-system");
+    let page = reqwest::get(format!("http://127.0.0.1:{}/", g.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let short = fluxgate::hook_path::elide(&path);
+    assert!(short.len() < path.len(), "{short}");
+    assert!(page.contains(&short), "{page}");
+    assert!(!page.contains(&path), "the full path is on the page");
+}
+
+/// With `admin.token_file`, a browser signs in once with `/?token=`: a cookie holding the
+/// token's SHA-256 (HttpOnly, SameSite=Strict), a redirect that takes the token out of the
+/// address bar; the page and its stream then work in Chromium, and the token is nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_signs_in_once_with_the_admin_token() {
+    let s = Setup::new();
+    let token = "page-admin-token-1";
+    let file = s.secret("admin", token);
+    let profile = s.path("chromium-profile-token");
+    let gh = format!(
+        "name = \"web\"\nnamespace = \"flux-system\"\ntype = \"github\"\nsecret_file = \"{}\"\nresources = [{{ kind = \"GitRepository\", name = \"app\" }}]",
+        s.secret("web", "token-page-secret").display()
+    );
+    let g = s
+        .section(&format!("[admin]\ntoken_file = \"{}\"", file.display()))
+        .receiver(&gh)
+        .start();
+    let base = format!("http://127.0.0.1:{}", g.admin);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |p: &str| http.get(format!("{base}{p}")).send();
+    assert_eq!(get("/").await.unwrap().status(), 401);
+    assert_eq!(get("/?token=wrong").await.unwrap().status(), 401);
+    let r = get(&format!("/?token={token}")).await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains(token), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    for p in ["/", "/deliveries"] {
+        let r = http
+            .get(format!("{base}{p}"))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+        assert!(!r.text().await.unwrap().contains(token));
+    }
+    let r = http
+        .get(format!("{base}/"))
+        .header("cookie", "fluxgate_admin=00")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let Some((browser, driver)) = chromium() else {
+        eprintln!("note: chromium or chromedriver is absent; the browser part is skipped");
+        return;
+    };
+    let d = start_driver(driver).await;
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": browser,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--no-first-run",
+                     format!("--user-data-dir={}", profile.display())]
+        }
+    }}});
+    let session = d.call(reqwest::Method::POST, "/session", Some(caps)).await;
+    let sid = session["sessionId"].as_str().unwrap().to_string();
+    let at = |p: &str| format!("/session/{sid}{p}");
+    d.call(
+        reqwest::Method::POST,
+        &at("/url"),
+        Some(json!({"url": format!("{base}/?token={token}")})),
+    )
+    .await;
+    let script = |js: &str| json!({"script": js, "args": []});
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = d
+            .call(
+                reqwest::Method::POST,
+                &at("/execute/sync"),
+                Some(script(
+                    "const l = document.getElementById('live'); return [location.href, l ? l.textContent : '', document.documentElement.outerHTML]",
+                )),
+            )
+            .await;
+        let href = v[0].as_str().unwrap_or_default();
+        assert!(!v[2].as_str().unwrap_or_default().contains(token));
+        if v[1] == "live" {
+            assert_eq!(href, format!("{base}/"), "the token stayed in the address");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the signed-in page did not go live: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = d.http.delete(format!("{}{}", d.base, at(""))).send().await;
+    assert!(!g.logs().contains(token), "the token is in the log");
+}

@@ -376,7 +376,8 @@ fn build(
     let resource_filter = r
         .resource_filter
         .as_deref()
-        .and_then(|f| p.take(&format!("{key}.resource_filter"), Expr::compile(f, scope)));
+        .and_then(|f| p.take(&format!("{key}.resource_filter"), Expr::compile(f, scope)))
+        .map(|e| e.named(format!("{key}.resource_filter")));
     let mut targets = Vec::new();
     let mut filters = Vec::new();
     let mut placements = Vec::new();
@@ -431,6 +432,7 @@ fn build(
                 &format!("{key}.resources[{j}].filter"),
                 Expr::compile(f, scope),
             )
+            .map(|e| e.named(format!("{key}.resources[{j}].filter")))
         });
         filters.push(
             resource_filter

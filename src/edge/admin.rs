@@ -172,6 +172,9 @@ enum Reply {
     Stream,
 }
 
+/// The status page's cookie, set by `GET /?token=`.
+const COOKIE: &str = "fluxgate_admin";
+
 #[async_trait]
 impl HttpServerApp for AdminApp {
     async fn process_new_http(
@@ -188,7 +191,9 @@ impl HttpServerApp for AdminApp {
         } else {
             s.set_keepalive(Some(60));
         }
-        let reply = if self.authorized(&s) {
+        let reply = if let Some(r) = self.token_exchange(&s) {
+            Reply::Full(r)
+        } else if self.authorized(&s) {
             self.route(&mut s).await
         } else {
             let mut r = text(401, "a bearer token is required (admin.token_file)".into());
@@ -221,8 +226,43 @@ impl HttpServerApp for AdminApp {
 }
 
 impl AdminApp {
-    /// The bearer token of `admin.token_file`, compared in constant time, for everything
-    /// but the probes and the metrics.
+    /// A browser cannot send a bearer header: `GET /?token=…` with the right token is
+    /// answered once with a cookie holding the token's SHA-256 (never the token itself),
+    /// HttpOnly and SameSite=Strict (so another site cannot make the browser redeliver), and
+    /// a redirect to `/`, which takes the token out of the address bar. A wrong token gets
+    /// the usual 401. `None`: not such a request.
+    fn token_exchange(&self, s: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let token = self.token.as_ref()?;
+        let head = s.req_header();
+        if head.method != http::Method::GET || head.uri.path() != "/" {
+            return None;
+        }
+        let given = form_urlencoded::parse(head.uri.query()?.as_bytes())
+            .find(|(k, _)| k == "token")?
+            .1;
+        let digest = |b: &[u8]| sha2::Sha256::digest(b);
+        if !bool::from(digest(given.as_bytes()).ct_eq(&digest(token.expose()))) {
+            return None;
+        }
+        let mut r = text(303, "signed in; go to /\n".into());
+        let cookie = format!(
+            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            hex::encode(digest(token.expose()))
+        );
+        let h = r.headers_mut();
+        h.insert(http::header::LOCATION, http::HeaderValue::from_static("/"));
+        if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+            h.insert(http::header::SET_COOKIE, v);
+        }
+        h.insert(
+            http::header::REFERRER_POLICY,
+            http::HeaderValue::from_static("no-referrer"),
+        );
+        Some(r)
+    }
+
+    /// The bearer token of `admin.token_file` (or the page's cookie, its SHA-256), compared
+    /// in constant time, for everything but the probes and the metrics.
     fn authorized(&self, s: &ServerSession) -> bool {
         let path = s.req_header().uri.path();
         let Some(token) = &self.token else {
@@ -238,7 +278,24 @@ impl AdminApp {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         let digest = |b: &[u8]| sha2::Sha256::digest(b);
-        bool::from(digest(given).ct_eq(&digest(token.expose())))
+        let want = digest(token.expose());
+        let cookie = s
+            .req_header()
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|c| {
+                c.trim_ascii()
+                    .strip_prefix(COOKIE.as_bytes())?
+                    .strip_prefix(b"=")
+            })
+            .and_then(|v| hex::decode(v).ok())
+            .unwrap_or_default();
+        // Both compared, always, so the time taken says nothing about either.
+        let by_header = bool::from(digest(given).ct_eq(&want));
+        let by_cookie = bool::from(digest(&cookie).ct_eq(&digest(&want)));
+        by_header | by_cookie
     }
 
     async fn route(&self, s: &mut ServerSession) -> Reply {

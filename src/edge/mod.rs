@@ -172,6 +172,14 @@ pub fn run(
         None => History::memory(settings.history.size),
     };
     let history = Arc::new(history);
+    // Jobs resumed after a restart have no waiting delivery: the history hears of them here.
+    for c in fleet.clusters() {
+        let h = history.clone();
+        c.queue
+            .on_unheard(Box::new(move |cluster, target, generation, outcome| {
+                h.settle_unheard(cluster, target, generation, outcome)
+            }));
+    }
     let admin_token = settings.admin.token.clone();
     let relay = Arc::new(Relay::new(fleet.clone(), relay_wait));
     let acme = settings.server.acme.clone().map(crate::acme::Acme::new);

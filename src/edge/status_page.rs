@@ -29,13 +29,6 @@ pub struct ClusterView {
     pub queue_oldest_seconds: f64,
 }
 
-/// The hook path with its digest cut to four characters: enough to tell receivers apart.
-pub fn elided_path(path: &str) -> String {
-    let (prefix, digest) = path.rsplit_once('/').unwrap_or(("", path));
-    let short: String = digest.chars().take(4).collect();
-    format!("{prefix}/{short}…")
-}
-
 fn allow_list(r: &Receiver) -> String {
     let Some(a) = &r.allow else {
         return "any address".into();
@@ -107,7 +100,7 @@ pub fn render(v: &View) -> (String, String) {
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{count} ({refused} refused)</td></tr>",
             esc(&r.label),
             esc(r.kind.as_str()),
-            esc(&elided_path(&r.path)),
+            esc(&crate::hook_path::elide(&r.path)),
             esc(&allow_list(r)),
             esc(&last),
         );
@@ -141,10 +134,30 @@ pub fn targets_text(d: &Record) -> String {
             if let Some(why) = &t.detail {
                 let _ = write!(s, " ({why})");
             }
+            for (name, by) in t.filtered.iter().zip(&t.filtered_by) {
+                let _ = write!(s, ", {name} filtered out by {by}");
+            }
+            // When it reached that state: a 202 answer's target is settled later.
+            if !t.at.is_empty() {
+                let _ = write!(s, " at {}", t.at);
+            }
             s
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The outcome cell. A delivery answered 202 settles after its answer: the cell says the
+/// relay's final result came later, so the 202 beside it does not read as the result.
+pub fn outcome_text(d: &Record) -> String {
+    let mut s = match &d.reason {
+        Some(r) => format!("{}: {r}", d.outcome),
+        None => d.outcome.clone(),
+    };
+    if d.status == 202 && d.outcome != "queued" {
+        s.push_str(" (after the 202 answer)");
+    }
+    s
 }
 
 fn row(h: &mut String, d: &Record) {
@@ -155,10 +168,7 @@ fn row(h: &mut String, d: &Record) {
         d.delivery.clone().unwrap_or_default(),
         d.event.clone().unwrap_or_default(),
         d.status.to_string(),
-        match &d.reason {
-            Some(r) => format!("{}: {r}", d.outcome),
-            None => d.outcome.clone(),
-        },
+        outcome_text(d),
         targets_text(d),
     ];
     let _ = write!(
@@ -212,14 +222,17 @@ function applyFilters() {
 }
 function targets(d) {
   return (d.targets || []).map(t => t.kind + " " + t.namespace + "/" + t.name + ": " + t.state +
-    (t.detail ? " (" + t.detail + ")" : "")).join("; ");
+    (t.detail ? " (" + t.detail + ")" : "") +
+    (t.filteredBy || []).map((by, i) => ", " + (t.filtered || [])[i] + " filtered out by " + by).join("") +
+    (t.at ? " at " + t.at : "")).join("; ");
 }
 function row(d) {
   const tr = document.createElement("tr");
   tr.dataset.id = d.id; tr.dataset.receiver = d.receiver; tr.dataset.outcome = d.outcome;
   tr.className = d.status >= 400 ? "bad" : "ok";
   const cells = [d.time, d.receiver, d.client, d.delivery || "", d.event || "", String(d.status),
-    d.reason ? d.outcome + ": " + d.reason : d.outcome, targets(d)];
+    (d.reason ? d.outcome + ": " + d.reason : d.outcome) +
+      (d.status === 202 && d.outcome !== "queued" ? " (after the 202 answer)" : ""), targets(d)];
   for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
   return tr;
 }
@@ -241,10 +254,10 @@ es.addEventListener("delivery", ev => {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::TargetResult;
 
     #[test]
     fn paths_are_elided_and_data_escaped() {
-        assert_eq!(elided_path("/hook/3f2a9bcd"), "/hook/3f2a…");
         let d = Record {
             id: "1".into(),
             receiver: "ns/<b>".into(),
@@ -255,5 +268,22 @@ mod tests {
         row(&mut h, &d);
         assert!(h.contains("ns/&lt;b&gt;"), "{h}");
         assert!(h.contains("data-outcome=\"x&quot;y\""), "{h}");
+        let later = Record {
+            status: 202,
+            outcome: "relayed".into(),
+            ..Record::default()
+        };
+        assert_eq!(outcome_text(&later), "relayed (after the 202 answer)");
+        let filtered = Record {
+            targets: vec![TargetResult {
+                state: "filtered".into(),
+                filtered: vec!["app".into()],
+                filtered_by: vec!["receivers[0].resource_filter = false".into()],
+                ..TargetResult::default()
+            }],
+            ..Record::default()
+        };
+        assert!(targets_text(&filtered)
+            .contains("app filtered out by receivers[0].resource_filter = false"));
     }
 }

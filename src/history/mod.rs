@@ -121,6 +121,47 @@ impl History {
         self.store(Arc::new(record), false);
     }
 
+    /// What a job nobody waited for did (one resumed after a restart): every record still
+    /// queued on that target, in that cluster, with a requestedAt at or before the job's,
+    /// takes its outcome, as a waiting delivery's record would have.
+    pub fn settle_unheard(
+        &self,
+        cluster: &str,
+        target: &Target,
+        generation: u64,
+        outcome: &Outcome,
+    ) {
+        let me = TargetResult::of(target);
+        let same = |t: &TargetResult| {
+            t.state == "queued"
+                && t.cluster == cluster
+                && (&t.kind, &t.namespace, &t.name) == (&me.kind, &me.namespace, &me.name)
+        };
+        let covered = |r: &Record| {
+            r.requested_at
+                .as_deref()
+                .and_then(parse_time)
+                .is_some_and(|t| t.unix_timestamp_nanos() <= i128::from(generation))
+        };
+        let stale: Vec<Record> = lock(&self.records)
+            .iter()
+            .filter(|r| covered(r) && r.targets.iter().any(same))
+            .map(|r| (**r).clone())
+            .collect();
+        for mut record in stale {
+            let at = record.requested_at.clone().unwrap_or_default();
+            for t in record.targets.iter_mut().filter(|t| same(t)) {
+                *t = t.clone().with(Some(outcome), &at);
+                if t.state == "patched" {
+                    t.detail = Some("after waiting in the relay queue".into());
+                }
+            }
+            record.settle();
+            record.clip();
+            self.store(Arc::new(record), false);
+        }
+    }
+
     /// One record, by its own id or, failing that, the newest with this provider delivery id
     /// (what GitHub's "Recent Deliveries" shows).
     pub fn get(&self, id: &str) -> Option<Arc<Record>> {

@@ -57,6 +57,9 @@ pub struct TargetResult {
     /// Objects a resource filter left alone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filtered: Vec<String>,
+    /// For each of `filtered`, the expression that turned it down, as `key = source`.
+    #[serde(rename = "filteredBy", skip_serializing_if = "Vec::is_empty")]
+    pub filtered_by: Vec<String>,
     /// When this state was reached, RFC 3339.
     pub at: String,
 }
@@ -169,8 +172,10 @@ impl TargetResult {
                 patched,
                 filtered,
                 unmatched,
+                filtered_by,
                 at,
             }) => {
+                self.filtered_by = filtered_by.clone();
                 self.patched = patched.iter().map(|p| p.name.clone()).collect();
                 self.filtered = filtered.iter().map(|p| p.name.clone()).collect();
                 if *unmatched {

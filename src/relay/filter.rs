@@ -69,6 +69,11 @@ impl Filter {
     /// Whether the object passes every expression. As CEL's `&&`: false if any is false, even
     /// where another fails to evaluate; otherwise the first evaluation error.
     pub fn accepts(&self, res: &Value) -> Result<bool, String> {
+        self.verdict(res).map(|by| by.is_none())
+    }
+
+    /// As `accepts`, naming the expression that turned the object down (`None`: it passes).
+    pub fn verdict(&self, res: &Value) -> Result<Option<&Expr>, String> {
         let empty = Value::Object(Map::new());
         let req = self.req.as_deref().unwrap_or(&empty);
         let claims = self.claims.as_deref();
@@ -86,14 +91,14 @@ impl Filter {
         for e in &self.exprs {
             match e.eval_bool(vars) {
                 Ok(true) => {}
-                Ok(false) => return Ok(false),
+                Ok(false) => return Ok(Some(e)),
                 Err(why) => {
                     error.get_or_insert(why);
                 }
             }
         }
         match error {
-            None => Ok(true),
+            None => Ok(None),
             Some(why) => Err(one_line(&why)),
         }
     }

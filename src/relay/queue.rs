@@ -24,6 +24,8 @@ pub enum Outcome {
         filtered: Vec<Patched>,
         /// A label selector that matched no object.
         unmatched: bool,
+        /// For each of `filtered`, the expression that turned it down (`key = source`).
+        filtered_by: Vec<String>,
         /// The requestedAt of the patch: a later one than a delivery's own means the delivery
         /// was coalesced into a newer one's patch.
         at: String,
@@ -64,6 +66,7 @@ impl Failure {
 struct Done {
     patched: Vec<Patched>,
     filtered: Vec<Patched>,
+    filtered_by: Vec<String>,
     unmatched: bool,
 }
 
@@ -92,7 +95,13 @@ pub struct Queue {
     settings: QueueSettings,
     /// Rounds of the worker's loop, to show it sleeps when there is nothing to do.
     turns: AtomicU64,
+    /// Told of a job finished with no delivery waiting for it (one resumed after a restart),
+    /// so whoever recorded its deliveries can still learn what became of them.
+    unheard: std::sync::OnceLock<Unheard>,
 }
+
+/// `(cluster, target, generation, outcome)` of a job nobody was waiting for.
+pub type Unheard = Box<dyn Fn(&str, &Target, u64, &Outcome) + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,9 +135,15 @@ impl Queue {
             api,
             settings,
             turns: AtomicU64::new(0),
+            unheard: std::sync::OnceLock::new(),
         };
         q.insert(resumed, None);
         q
+    }
+
+    /// Set once, before the worker runs: see `Queue::unheard`.
+    pub fn on_unheard(&self, f: Unheard) {
+        let _ = self.unheard.set(f);
     }
 
     pub fn is_durable(&self) -> bool {
@@ -288,12 +303,14 @@ impl Queue {
             .observe(started.elapsed().as_secs_f64());
         let now = Instant::now();
         let mut remove = None;
+        let mut unheard = None;
         {
             let mut entries = lock(&self.entries);
             let Some(e) = entries.get_mut(&key) else {
                 return;
             };
             e.in_flight = false;
+            let nobody = !e.waiters.iter().any(|(g, _)| *g <= job.generation);
             let newer = e.job.generation > job.generation;
             // Counted before any waiting delivery hears the outcome, so that whoever reads its
             // answer finds the count already there.
@@ -306,16 +323,15 @@ impl Queue {
                 Ok(done) => {
                     count("patched");
                     lock(&self.last_patch).insert(key.0.clone(), now);
-                    resolve(
-                        &mut e.waiters,
-                        job.generation,
-                        &Outcome::Patched {
-                            patched: done.patched,
-                            filtered: done.filtered,
-                            unmatched: done.unmatched,
-                            at: at.clone(),
-                        },
-                    );
+                    let outcome = Outcome::Patched {
+                        patched: done.patched,
+                        filtered: done.filtered,
+                        unmatched: done.unmatched,
+                        filtered_by: done.filtered_by,
+                        at: at.clone(),
+                    };
+                    resolve(&mut e.waiters, job.generation, &outcome);
+                    unheard = nobody.then_some((job.generation, outcome));
                     e.job.attempts = 0;
                     e.ready_at = now + self.settings.min_interval;
                     remove = Some(job.generation);
@@ -335,6 +351,7 @@ impl Queue {
                         Outcome::Patched { .. } | Outcome::Dropped(_) => {}
                     }
                     resolve(&mut e.waiters, job.generation, &outcome);
+                    unheard = nobody.then_some((job.generation, outcome));
                     e.ready_at = now;
                     remove = Some(job.generation);
                     if !newer {
@@ -354,7 +371,10 @@ impl Queue {
                             humantime::format_duration(Duration::from_secs(age.as_secs()))
                         );
                         tracing::error!(cluster = %self.cluster, target_object = %job.target, "dropping the relay job: {why}");
-                        resolve(&mut e.waiters, u64::MAX, &Outcome::Dropped(why));
+                        let outcome = Outcome::Dropped(why);
+                        let nobody = e.waiters.is_empty();
+                        resolve(&mut e.waiters, u64::MAX, &outcome);
+                        unheard = nobody.then_some((e.job.generation, outcome));
                         remove = Some(e.job.generation);
                         entries.remove(&key);
                     } else {
@@ -367,6 +387,9 @@ impl Queue {
                     }
                 }
             }
+        }
+        if let (Some((generation, outcome)), Some(tell)) = (unheard, self.unheard.get()) {
+            tell(&self.cluster, &job.target, generation, &outcome);
         }
         if let Some(generation) = remove {
             if let Err(e) = self.store.remove(job.key(), generation).await {
@@ -393,6 +416,7 @@ impl Queue {
     async fn attempt(&self, job: &Job, at: &str) -> Result<Done, Failure> {
         let t = &job.target;
         let mut filtered = Vec::new();
+        let mut filtered_by = Vec::new();
         let (names, unmatched) = match &job.filter {
             None => {
                 let names = match &t.select {
@@ -422,12 +446,14 @@ impl Queue {
                 for meta in &objects {
                     let name = meta.name.clone().unwrap_or_default();
                     let verdict = f
-                        .accepts(&filter::resource(t, meta))
+                        .verdict(&filter::resource(t, meta))
                         .map_err(|why| Failure::Filter(format!("filter on {name}: {why}")))?;
-                    if verdict {
-                        pass.push(name);
-                    } else {
-                        filtered.push(object(t, name));
+                    match verdict {
+                        None => pass.push(name),
+                        Some(by) => {
+                            filtered_by.push(by.describe());
+                            filtered.push(object(t, name));
+                        }
                     }
                 }
                 (pass, unmatched)
@@ -445,6 +471,7 @@ impl Queue {
         Ok(Done {
             patched,
             filtered,
+            filtered_by,
             unmatched,
         })
     }
