@@ -694,3 +694,72 @@ async fn a_queued_record_is_settled_by_the_job_resumed_after_a_restart() {
     assert_eq!(r["targets"][0]["state"], "patched", "{r}");
     assert!(!g.patches().is_empty());
 }
+
+/// Every kind of refusal a receiver's request can meet leaves a record with its status,
+/// outcome and reason, whichever phase ended it (the one test above covers the relay's).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_refusal_is_recorded_with_its_reason() {
+    let s = Setup::new().section(
+        "[limits]\nper_ip = \"off\"\nper_receiver = \"1/s\"\nper_receiver_burst = 1\nmax_connections_per_ip = 0",
+    );
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "events = [\"push\"]\nresources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s.server("max_body_bytes = 16384").receiver(&gh).start();
+    let path = hook("gh-secret", "gh", "flux-system");
+    let body = fresh_push();
+
+    // No signature at all.
+    let h = signed("gh-secret", &body, &uid());
+    assert_eq!(g.post(&path, &refs(&h[..3]), body.clone()).await.0, 401);
+    // Not a POST.
+    let r = g.client().get(g.url(&path)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    // A content type GitHub never sends.
+    let mut h = signed("gh-secret", &body, &uid());
+    h[0].1 = "text/plain".into();
+    assert_eq!(g.post(&path, &refs(&h), body.clone()).await.0, 415);
+    // Larger than server.max_body_bytes.
+    let big = vec![b' '; 20_000];
+    let h = signed("gh-secret", &big, &uid());
+    assert_eq!(g.post(&path, &refs(&h), big).await.0, 413);
+    // Over the receiver's rate: the first verified delivery passes, the next is limited.
+    let b1 = fresh_push();
+    let h = signed("gh-secret", &b1, &uid());
+    assert_eq!(g.post(&path, &refs(&h), b1).await.0, 200);
+    let b2 = fresh_push();
+    let h = signed("gh-secret", &b2, &uid());
+    assert_eq!(g.post(&path, &refs(&h), b2).await.0, 429);
+
+    let until = Instant::now() + Duration::from_secs(5);
+    let records = loop {
+        let all = admin_json(&g, "/deliveries?receiver=flux-system/gh").await;
+        let all = all.as_array().unwrap().clone();
+        if all.len() >= 6 || Instant::now() > until {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (status, outcome, says) in [
+        (401, "bad_signature", "X-Hub-Signature"),
+        (405, "method_not_allowed", "POST"),
+        (415, "unsupported_media_type", "Content-Type"),
+        (413, "too_large", "16384"),
+        (429, "rate_limited", "too many deliveries"),
+    ] {
+        let r = records
+            .iter()
+            .find(|r| r["status"] == status)
+            .unwrap_or_else(|| panic!("no record answered {status}: {records:?}"));
+        assert_eq!(r["outcome"], outcome, "{r}");
+        let reason = r["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.to_lowercase().contains(&says.to_lowercase()),
+            "{status}: {r}"
+        );
+    }
+    assert!(records.iter().any(|r| r["status"] == 200), "{records:?}");
+}
