@@ -78,10 +78,16 @@ pub struct Read {
 /// they may write to or own. `serve` warns and serves (a running gateway should not stop over
 /// it); `check` counts it as a problem.
 pub fn loose_permissions(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o777;
+    // Read access for the file's group is fluxgate's own when that group is root's or
+    // fluxgate's: systemd's credentials are root's, 0400 plus an ACL for the service's user,
+    // which shows as 0440; a renewing certificate is root:fluxgate 0640 (the unit says so).
+    let group_is_ours = meta.gid() == 0 || meta.gid() == rustix::process::getegid().as_raw();
+    let loose = if group_is_ours { 0o027 } else { 0o077 };
     let mut why = Vec::new();
-    if mode & 0o077 != 0 {
+    if mode & loose != 0 {
         why.push(format!(
             "{} is readable by others than its owner (mode {mode:04o}); chmod 600 it, or set defaultMode: 0400 on a Kubernetes secret volume",
             path.display()
@@ -203,12 +209,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "t").unwrap();
-        for (mode, warned) in [(0o600, false), (0o400, false), (0o640, true), (0o644, true)] {
+        // The file's group is ours: it may read, as systemd's credentials (0400 plus an ACL for
+        // the service, shown as 0440) and a root:fluxgate 0640 certificate let it.
+        for (mode, warned) in [
+            (0o600, false),
+            (0o400, false),
+            (0o440, false),
+            (0o640, false),
+            (0o660, true),
+            (0o604, true),
+            (0o644, true),
+        ] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
             let w = loose_permissions(&p);
             assert_eq!(w.is_some(), warned, "{mode:o}: {w:?}");
         }
         assert!(loose_permissions(&p).unwrap().contains("mode 0644"));
+        // Another group may not read it.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, None, Some(65534)).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            assert!(loose_permissions(&p).unwrap().contains("mode 0640"));
+        }
     }
 
     #[test]
