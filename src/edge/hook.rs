@@ -419,11 +419,11 @@ impl HookApp {
         client: IpAddr,
         log: &Delivery,
     ) -> Answer {
-        let body = verified.body.unwrap_or_default();
+        // One body shared by every cluster's request (a clone is a reference count), so
+        // forwarding to N clusters holds what the budget reserved for it, not N copies.
+        let body = bytes::Bytes::from(verified.body.unwrap_or_default());
         let head = &verified.head.headers;
         let fleet = self.relay.fleet();
-        // One copy of the body per cluster while the requests are out: the body is capped
-        // (`max_body_bytes`), and so is the number of clusters, by the configuration.
         let sends = receiver
             .forward_clusters
             .iter()

@@ -123,7 +123,7 @@ pub async fn forward(
     spec: &ForwardSpec,
     hook_path: &str,
     head: &HeaderMap,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     client: IpAddr,
 ) -> Result<u16, ApiError> {
     let mut req = http::Request::post(spec.proxy_path(hook_path));

@@ -289,7 +289,10 @@ impl KubeApi {
 
     /// A raw request with the service account's credentials, answered with the status and
     /// body whatever they are: for the service proxy, where the answer is the backend's.
-    pub async fn send(&self, req: http::Request<Vec<u8>>) -> Result<(u16, bytes::Bytes), ApiError> {
+    pub async fn send(
+        &self,
+        req: http::Request<bytes::Bytes>,
+    ) -> Result<(u16, bytes::Bytes), ApiError> {
         let res = self
             .client()
             .await?
