@@ -763,3 +763,50 @@ async fn every_kind_of_refusal_is_recorded_with_its_reason() {
     }
     assert!(records.iter().any(|r| r["status"] == 200), "{records:?}");
 }
+
+/// Live streams hold a connection and a task each for as long as their client stays: past
+/// the cap a new one is answered 503, and a closed one gives its place back.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_streams_are_capped() {
+    use std::io::{Read, Write};
+    let s = Setup::new().section(NO_LIMITS);
+    let gh = github(
+        &s,
+        "gh",
+        "gh-secret",
+        "resources = [{ kind = \"GitRepository\", name = \"app\" }]",
+    );
+    let g = s.receiver(&gh).start();
+    let open = |n: usize| {
+        (0..n)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", g.admin)).unwrap();
+                c.write_all(b"GET /deliveries/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head).unwrap();
+                (c, String::from_utf8_lossy(&head).into_owned())
+            })
+            .collect::<Vec<_>>()
+    };
+    let streams = open(64);
+    assert!(
+        streams.iter().all(|(_, h)| h == "HTTP/1.1 200"),
+        "{:?}",
+        streams[0].1
+    );
+    let over = open(1);
+    assert_eq!(over[0].1, "HTTP/1.1 503");
+    drop(streams);
+    // The server notices the closed connections at its next write (a keep-alive comment
+    // at the latest); until then a new stream may still be refused.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if open(1)[0].1 == "HTTP/1.1 200" {
+            break;
+        }
+        assert!(Instant::now() < until, "no stream's place came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

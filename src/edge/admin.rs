@@ -19,6 +19,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use sha2::Digest;
 use sse_stream::Sse;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -45,6 +46,8 @@ pub struct AdminApp {
     /// The last API check and when it ended. Locked across the check, so concurrent probes
     /// wait for the one in flight instead of each making their own.
     api_health: Mutex<Option<(Instant, Checks)>>,
+    /// Live streams open now (`MAX_STREAMS`).
+    streams: Arc<AtomicUsize>,
 }
 
 impl AdminApp {
@@ -64,6 +67,7 @@ impl AdminApp {
             resolver,
             cluster,
             api_health: Mutex::new(None),
+            streams: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -169,7 +173,31 @@ fn text(status: u16, body: String) -> Response<Vec<u8>> {
 /// The admin listener's answers: a whole body, or the live stream of deliveries.
 enum Reply {
     Full(Response<Vec<u8>>),
-    Stream,
+    /// A live stream, holding its place among `MAX_STREAMS` until it ends.
+    Stream(StreamSlot),
+}
+
+/// Live streams open at once. Each holds a connection, a task and a reader of the history's
+/// feed for as long as its client stays; past this many, a new one is answered 503.
+const MAX_STREAMS: usize = 64;
+
+/// One open stream's place; given back when the stream ends.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicUsize>) -> Option<Self> {
+        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < MAX_STREAMS).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The status page's cookie, set by `GET /?token=`.
@@ -217,7 +245,7 @@ impl HttpServerApp for AdminApp {
                     .ok()?
                     .map(|r| ReusedHttpStream::from_reusable_stream(r, persist))
             }
-            Reply::Stream => {
+            Reply::Stream(_slot) => {
                 stream_deliveries(&mut s, &self.history, shutdown).await;
                 None
             }
@@ -327,7 +355,14 @@ impl AdminApp {
                 Ok(q) => json(200, &self.history.list(&q)),
                 Err(e) => text(400, e),
             }),
-            (&http::Method::GET, ["deliveries", "stream"]) => Reply::Stream,
+            (&http::Method::GET, ["deliveries", "stream"]) => match StreamSlot::take(&self.streams)
+            {
+                Some(slot) => Reply::Stream(slot),
+                None => full(text(
+                    503,
+                    format!("{MAX_STREAMS} live streams are open already; try again later"),
+                )),
+            },
             (&http::Method::GET, ["deliveries", id]) => full(match self.history.get(id) {
                 Some(r) => json(200, &r),
                 None => text(404, "no such delivery in the history".into()),
@@ -573,5 +608,22 @@ async fn stream_deliveries(s: &mut ServerSession, history: &History, shutdown: &
         if s.write_response_body(event, false).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_streams_are_capped_and_give_their_place_back() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let slots: Vec<_> = (0..MAX_STREAMS)
+            .map(|_| StreamSlot::take(&open).unwrap())
+            .collect();
+        assert!(StreamSlot::take(&open).is_none());
+        drop(slots);
+        assert_eq!(open.load(Ordering::SeqCst), 0);
+        assert!(StreamSlot::take(&open).is_some());
     }
 }
