@@ -28,10 +28,35 @@ fn systemd_analyze() -> Option<&'static str> {
 /// The unit with the binary it runs replaced by the one cargo built, in a folder of its own
 /// and under its own name (systemd names the unit after the file).
 fn unit_copy(dir: &Path) -> PathBuf {
-    let unit = read("systemd/fluxgate.service").replace("/usr/local/bin/fluxgate", BIN);
-    let path = dir.join("fluxgate.service");
+    named_unit_copy(dir, "fluxgate.service")
+}
+
+/// `systemd/<name>` in `dir`, running the binary under test.
+fn named_unit_copy(dir: &Path, name: &str) -> PathBuf {
+    let unit = read(&format!("systemd/{name}")).replace("/usr/local/bin/fluxgate", BIN);
+    let path = dir.join(name);
     std::fs::write(&path, unit).unwrap();
     path
+}
+
+/// `systemd-analyze verify` passes on the unit at `path`, with no complaint about it
+/// (complaints about other units on this machine are not ours; about an uninstalled unit,
+/// expected).
+fn verifies(analyze: &str, path: &Path) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let out = Command::new(analyze)
+        .args(["verify", "--no-pager"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stderr}");
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(name.as_str()))
+        .filter(|l| !l.contains("not installed") && !l.contains("not enabled"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{stderr}");
 }
 
 #[test]
@@ -40,22 +65,7 @@ fn the_systemd_unit_verifies() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let unit = unit_copy(dir.path());
-    let out = Command::new(analyze)
-        .args(["verify", "--no-pager"])
-        .arg(&unit)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    print!("{stderr}");
-    // Complaints about other units on this machine are not ours; about an uninstalled unit,
-    // expected.
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("fluxgate.service"))
-        .filter(|l| !l.contains("not installed") && !l.contains("not enabled"))
-        .collect();
-    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+    verifies(analyze, &unit_copy(dir.path()));
 }
 
 #[test]
@@ -267,22 +277,10 @@ fn the_check_unit_verifies() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let unit = read("systemd/fluxgate-check.service").replace("/usr/local/bin/fluxgate", BIN);
-    let path = dir.path().join("fluxgate-check.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = Command::new(analyze)
-        .args(["verify", "--no-pager"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    print!("{stderr}");
-    let ours: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("fluxgate-check.service"))
-        .filter(|l| !l.contains("not installed") && !l.contains("not enabled"))
-        .collect();
-    assert!(out.status.success() && ours.is_empty(), "{stderr}");
+    verifies(
+        analyze,
+        &named_unit_copy(dir.path(), "fluxgate-check.service"),
+    );
 }
 
 /// `Key=value` lines of one `[Section]` of a unit, in order.
@@ -431,6 +429,12 @@ fn the_readme_puts_each_credential_where_the_unit_loads_it() {
             (name.to_string(), path.to_string())
         })
         .collect();
+    // And the lines the README itself tells to add (the fleet's kubeconfigs).
+    let added = readme.lines().filter_map(|l| {
+        let (name, path) = l.trim().strip_prefix("LoadCredential=")?.split_once(':')?;
+        Some((name.to_string(), path.to_string()))
+    });
+    let loaded: Vec<(String, String)> = loaded.into_iter().chain(added).collect();
     let word_after = |text: &str, prefix: &str| -> Vec<String> {
         text.match_indices(prefix)
             .map(|(i, _)| {
