@@ -346,14 +346,9 @@ mod tests {
 
     #[test]
     fn notes_are_found_by_requested_at_and_bounded() {
-        let t = Arc::new(Target {
-            group: "source.toolkit.fluxcd.io".into(),
-            version: "v1".into(),
-            kind: "GitRepository".into(),
-            plural: "gitrepositories".into(),
-            namespace: "flux-system".into(),
-            select: super::super::target::Select::Name("app".into()),
-        });
+        let t = Arc::new(Target::git_repository(super::super::target::Select::Name(
+            "app".into(),
+        )));
         let r = Recorder::new();
         for i in 0..100 {
             let note = Note {

@@ -300,14 +300,7 @@ mod tests {
     }
 
     fn target() -> Target {
-        Target {
-            group: "source.toolkit.fluxcd.io".into(),
-            version: "v1".into(),
-            kind: "GitRepository".into(),
-            plural: "gitrepositories".into(),
-            namespace: "flux-system".into(),
-            select: Select::Name("app".into()),
-        }
+        Target::git_repository(Select::Name("app".into()))
     }
 
     fn res(labels: Value) -> Value {

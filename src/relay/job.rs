@@ -132,14 +132,9 @@ mod tests {
 
     #[test]
     fn a_job_stored_without_a_cluster_belongs_to_default_and_keys_carry_the_cluster() {
-        let target = Arc::new(Target {
-            group: "source.toolkit.fluxcd.io".into(),
-            version: "v1".into(),
-            kind: "GitRepository".into(),
-            plural: "gitrepositories".into(),
-            namespace: "flux-system".into(),
-            select: super::super::target::Select::Name("app".into()),
-        });
+        let target = Arc::new(Target::git_repository(super::super::target::Select::Name(
+            "app".into(),
+        )));
         let job = Job::new(target, None, 5);
         let stored = serde_json::to_value(&job).unwrap();
         assert!(stored.get("cluster").is_none(), "{stored}");

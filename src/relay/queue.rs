@@ -566,14 +566,7 @@ mod tests {
                     .unwrap(),
             ];
         let req = Arc::new(serde_json::json!({ "ref": git_ref }));
-        let target = Target {
-            group: "source.toolkit.fluxcd.io".into(),
-            version: "v1".into(),
-            kind: "GitRepository".into(),
-            plural: "gitrepositories".into(),
-            namespace: "flux-system".into(),
-            select,
-        };
+        let target = Target::git_repository(select);
         Job::new(
             Arc::new(target),
             Some(Arc::new(Filter::new(&exprs, &req, None))),

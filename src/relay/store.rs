@@ -296,14 +296,7 @@ mod tests {
 
     fn job(name: &str, generation: u64) -> Job {
         Job::new(
-            std::sync::Arc::new(Target {
-                group: "source.toolkit.fluxcd.io".into(),
-                version: "v1".into(),
-                kind: "GitRepository".into(),
-                plural: "gitrepositories".into(),
-                namespace: "flux-system".into(),
-                select: Select::Name(name.into()),
-            }),
+            std::sync::Arc::new(Target::git_repository(Select::Name(name.into()))),
             None,
             generation,
         )

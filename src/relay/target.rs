@@ -100,6 +100,19 @@ pub struct ResourceSpec {
 pub type FieldError = (&'static str, String);
 
 impl Target {
+    /// A GitRepository in flux-system: the tests' usual target.
+    #[cfg(test)]
+    pub(crate) fn git_repository(select: Select) -> Target {
+        Target {
+            group: "source.toolkit.fluxcd.io".into(),
+            version: "v1".into(),
+            kind: "GitRepository".into(),
+            plural: "gitrepositories".into(),
+            namespace: "flux-system".into(),
+            select,
+        }
+    }
+
     /// Resolves an entry the way Flux's receiver does, but at load time, so a mistake stops
     /// start-up instead of failing every delivery.
     pub fn resolve(spec: &ResourceSpec, receiver_namespace: &str) -> Result<Target, FieldError> {
