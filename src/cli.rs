@@ -136,9 +136,9 @@ impl SecretArgs {
 }
 
 pub fn main() -> i32 {
-    // One process-wide crypto provider, ring, before anything builds a TLS config: pingora
-    // installs it only when a listener starts, later than the kube and HTTP clients may need it.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // One process-wide crypto provider, aws-lc-rs (the only one in the tree; PERFORMANCE.md
+    // says why), before anything builds a TLS config: reqwest and kube take the default one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // A load test measures the gateway, not the terminal: one line per request is left out.
     let quiet = matches!(&cli.command, Command::Dev(o) if o.bench);

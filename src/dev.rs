@@ -62,7 +62,7 @@ struct DevCluster {
 
 fn random_hex(n: usize) -> Result<String, String> {
     let mut buf = vec![0u8; n];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut buf)
         .map_err(|_| "no system randomness".to_string())?;

@@ -2,7 +2,7 @@
 //! per-address cap from before the handshake, the server's choice of cipher suite, and ALPN.
 
 use crate::common::*;
-use rustls::crypto::ring::cipher_suite as cs;
+use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 use rustls::SupportedCipherSuite;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ async fn handshake(
     }
     let provider = rustls::crypto::CryptoProvider {
         cipher_suites: suites.to_vec(),
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     };
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()

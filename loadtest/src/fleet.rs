@@ -295,7 +295,7 @@ fn start_gateway(bin: &Path, apis: &[StandIn], tokens: &[String]) -> Result<Gate
         .map_err(|e| format!("cannot trust the certificate: {e}"))?;
     let tls = Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

@@ -1,4 +1,4 @@
-//! The TLS client: rustls with the `ring` provider, trusting `--ca`, the Mozilla roots, or with
+//! The TLS client: rustls with the `aws-lc-rs` provider, trusting `--ca`, the Mozilla roots, or with
 //! `--insecure` any certificate (while still checking the handshake's signature).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -21,7 +21,7 @@ pub enum Trust {
 
 /// Builds the client configuration. `resume`: offer TLS session resumption on new connections.
 pub fn client_config(trust: &Trust, resume: bool) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
@@ -113,7 +113,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// The provider this crate uses, for callers that need one (say, a test's server).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ fn certified(params: CertificateParams) -> Result<Arc<CertifiedKey>, String> {
     let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing =
-        rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
     Ok(Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(cert.der().to_vec())],
         signing,

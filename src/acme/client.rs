@@ -1,7 +1,7 @@
 //! The ACME conversation, through instant-acme: the account (created once, then loaded from
 //! storage), and one order from new-order to the downloaded chain. instant-acme's requests are
 //! carried by reqwest (already in the tree) so that there is one rustls, one hyper and one
-//! crypto provider (ring), and so that `ca_roots` and the CA's `Retry-After` are ours to see.
+//! crypto provider (aws-lc-rs), and so that `ca_roots` and the CA's `Retry-After` are ours to see.
 
 use super::{challenge, storage::Storage, Acme, AcmeConfig};
 use crate::fetch::causes;
@@ -38,7 +38,7 @@ pub struct Http {
 impl Http {
     /// The public roots plus each PEM file of `ca_roots`.
     pub fn new(config: &AcmeConfig) -> Result<Self, String> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(10))

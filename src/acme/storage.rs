@@ -106,7 +106,7 @@ pub fn parse(pem: String) -> Result<Stored, String> {
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),
     );
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
     let certified = CertifiedKey::new(chain, signing);
     certified

@@ -45,7 +45,7 @@ pub fn load_certified_key(
                 format!("{} holds no PEM private key", key.display()),
             )
         })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|e| {
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der).map_err(|e| {
         (
             "tls_key",
             format!("{}: unsupported private key: {e}", key.display()),
@@ -128,7 +128,7 @@ pub fn not_after(ck: &CertifiedKey) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-/// The listener's TLS: 1.3 and 1.2 with ring's AEAD suites, HTTP/1.1 by ALPN, and the
+/// The listener's TLS: 1.3 and 1.2 with aws-lc-rs's AEAD suites, HTTP/1.1 by ALPN, and the
 /// server's order of suites rather than the client's. Common clients (OpenSSL, Go) list
 /// AES-256-GCM-SHA384 first, whose SHA-384 key schedule has no hardware support on x86 and
 /// was 12% of a new connection's time in the `newconn` profile; ChaCha20 costs more per byte
@@ -138,7 +138,7 @@ pub fn not_after(ck: &CertifiedKey) -> Option<i64> {
 /// the handshake (see `connection`).
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let acme = resolver.acme.is_some();
-    use rustls::crypto::ring::{cipher_suite as cs, default_provider};
+    use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider};
     let provider = rustls::crypto::CryptoProvider {
         cipher_suites: vec![
             cs::TLS13_AES_128_GCM_SHA256,

@@ -272,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_from_a_url_in_github_meta_format_and_failures_keep_the_set() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = reqwest::Client::builder().use_rustls_tls().build().unwrap();
         let start = parse(GITHUB).unwrap();
         let good = feed(

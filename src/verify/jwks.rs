@@ -161,7 +161,7 @@ impl fmt::Debug for KeySet {
 static SHARED: LazyLock<Mutex<HashMap<Source, Weak<KeySet>>>> = LazyLock::new(Default::default);
 
 static CLIENT: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // Short: keys are fetched while a provider waits for its answer (Pub/Sub gives up on a
     // push after 10 seconds by default).
     reqwest::Client::builder()
@@ -609,8 +609,8 @@ fn reason(kind: &ErrorKind) -> String {
     match kind {
         ErrorKind::InvalidSignature
         | ErrorKind::InvalidEcdsaKey
-        | ErrorKind::InvalidRsaKey(_)
-        | ErrorKind::Crypto(_) => "bad token signature".into(),
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_) => "bad token signature".into(),
         ErrorKind::ExpiredSignature => "token expired".into(),
         ErrorKind::InvalidAudience => "wrong token audience".into(),
         ErrorKind::InvalidIssuer => "wrong token issuer".into(),
@@ -647,7 +647,7 @@ pub(super) fn bearer(head: &HeaderMap, trim: bool) -> Result<&str, Refusal> {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! An issuer for tests: a P-256 key pair (ring generates no RSA keys), its JWKS document,
+    //! An issuer for tests: a P-256 key pair (small and quick to generate), its JWKS document,
     //! and tokens signed with it.
 
     use super::*;

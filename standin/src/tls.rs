@@ -22,7 +22,7 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 pub(crate) fn generate() -> std::io::Result<Pki> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let year = timefmt::current_year() as i32;
 
     let ca_key = KeyPair::generate().map_err(io_err)?;
@@ -66,7 +66,7 @@ pub(crate) fn generate() -> std::io::Result<Pki> {
         .map_err(io_err)?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(io_err)?

@@ -55,7 +55,7 @@ pub fn free_port() -> u16 {
 }
 
 pub fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Flux objects every test cluster holds.

@@ -83,7 +83,7 @@ impl Server {
 
     /// A receiver of `provider` deliveries; `stall` makes it never answer.
     pub fn start(provider: Provider, stall: bool) -> Server {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
             .unwrap();
         let cert_pem = cert.cert.pem();

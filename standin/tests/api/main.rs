@@ -84,7 +84,7 @@ pub struct Fixture {
 }
 
 pub fn client_for(api: &StandIn) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca = reqwest::Certificate::from_pem(api.ca_pem().as_bytes()).expect("CA PEM");
     reqwest::Client::builder()
         .use_rustls_tls()
