@@ -58,6 +58,11 @@ impl History {
     /// A history kept in `dir` too, with the records a previous process left there.
     pub fn open(size: usize, dir: &Path) -> Result<Self, String> {
         let (kept, writer) = disk::open(dir, size)?;
+        // New ids follow the kept ones even if the clock went back meanwhile, so the records
+        // stay in the order of their ids (see `position`).
+        if let Some(last) = kept.back().and_then(|r| r.id.parse().ok()) {
+            crate::relay::job::generation_after(last);
+        }
         Ok(Self::with(
             size,
             kept.into_iter().map(Arc::new).collect(),
@@ -94,8 +99,8 @@ impl History {
                 while records.len() > self.size {
                     records.pop_front();
                 }
-            } else if let Some(r) = records.iter_mut().rev().find(|r| r.id == record.id) {
-                *r = record.clone();
+            } else if let Some(at) = position(&records, &record.id) {
+                records[at] = record.clone();
             } else {
                 // Dropped from the history meanwhile: nothing to update.
                 return;
@@ -109,7 +114,12 @@ impl History {
 
     /// What the relay did later for one target of a recorded delivery.
     pub fn update_target(&self, id: &str, index: usize, result: TargetResult) {
-        let Some(mut record) = self.get(id).map(|r| (*r).clone()) else {
+        let found = {
+            let records = lock(&self.records);
+            position(&records, id).map(|at| (*records[at]).clone())
+        };
+        // Under a flood the record has often left the history before its targets settle.
+        let Some(mut record) = found else {
             return;
         };
         let Some(t) = record.targets.get_mut(index) else {
@@ -246,6 +256,16 @@ impl History {
     }
 }
 
+/// Where the record with this id is. Records are kept in the order of their ids (each new id is
+/// larger than any before it, see `record::next_id`), so this is a binary search: the relay
+/// settles targets in bursts, often of records already gone, and a scan of the whole history
+/// for each of them was a visible share of a delivery's CPU under load.
+fn position(records: &VecDeque<Arc<Record>>, id: &str) -> Option<usize> {
+    let key: u64 = id.parse().ok()?;
+    let at = records.partition_point(|r| r.id.parse::<u64>().is_ok_and(|n| n < key));
+    (records.get(at)?.id == id).then_some(at)
+}
+
 /// Each job's result as the relay answered a delivery, in the order of
 /// `delivered.results`; `cluster` names a cluster by its id.
 pub fn results<'a>(
@@ -333,5 +353,36 @@ mod tests {
             (id.as_str(), "relayed")
         );
         assert_eq!(h.get(&id).unwrap().targets[0].state, "patched");
+    }
+
+    #[test]
+    fn updates_find_their_record_among_many_and_skip_those_gone() {
+        let h = History::memory(100);
+        let queued = |d: &str| {
+            let mut r = rec("ns/r", "queued", d);
+            r.targets.push(TargetResult {
+                state: "queued".into(),
+                ..TargetResult::default()
+            });
+            r
+        };
+        let ids: Vec<String> = (0..150).map(|i| h.add(queued(&format!("d{i}")))).collect();
+        let patched = || TargetResult {
+            state: "patched".into(),
+            ..TargetResult::default()
+        };
+        // Gone from the history (the first 50), kept (the rest): only the kept ones change.
+        for id in [&ids[10], &ids[50], &ids[99], &ids[149]] {
+            h.update_target(id, 0, patched());
+        }
+        assert!(h.get(&ids[10]).is_none());
+        for id in [&ids[50], &ids[99], &ids[149]] {
+            assert_eq!(h.get(id).unwrap().outcome, "relayed", "{id}");
+        }
+        assert_eq!(h.get(&ids[100]).unwrap().outcome, "queued");
+        assert_eq!(h.list(&Query::default()).len(), 100);
+        // Not a record id: nothing found, nothing changed.
+        h.update_target("d120", 0, patched());
+        assert_eq!(h.get("d120").unwrap().outcome, "queued");
     }
 }

@@ -3,6 +3,7 @@
 use super::filter::Filter;
 use super::target::Target;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// One job per target, or per target and filter inputs. `generation` is the newest delivery's
@@ -107,14 +108,20 @@ pub fn requested_at(generation: u64) -> String {
         .unwrap_or_default()
 }
 
+/// The last generation handed out.
+static LAST_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Later generations are larger than `n`, whatever the clock says (a kept history's last id).
+pub fn generation_after(n: u64) {
+    LAST_GENERATION.fetch_max(n, Ordering::Relaxed);
+}
+
 /// Nanoseconds since 1970, strictly increasing across calls: Flux reconciles only when the
 /// annotation changes, so two deliveries in the same nanosecond must still differ.
 pub fn next_generation() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static LAST: AtomicU64 = AtomicU64::new(0);
     // u64 nanoseconds since 1970 last until the year 2554.
     let now = u64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos()).unwrap_or(0);
-    let prev = LAST
+    let prev = LAST_GENERATION
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
             Some(now.max(last + 1))
         })
