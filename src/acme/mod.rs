@@ -8,15 +8,20 @@
 pub mod challenge;
 pub mod client;
 pub mod http01;
+pub mod kube_store;
+pub mod lease;
 pub mod lifecycle;
+pub mod replicas;
 pub mod storage;
 
 use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Let's Encrypt's production directory, the default.
@@ -33,8 +38,51 @@ pub struct AcmeConfig {
     /// PEM files trusted for the directory's HTTPS on top of the public roots.
     pub ca_roots: Vec<PathBuf>,
     pub eab: Option<Eab>,
-    pub storage: PathBuf,
+    pub storage: StorageSettings,
     pub http_listen: Option<SocketAddr>,
+}
+
+/// Where the account and the certificate are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageSettings {
+    /// One process: a local directory.
+    Directory(PathBuf),
+    /// Replicas: Secrets and a Lease in one cluster of the fleet.
+    Kubernetes(KubeStorage),
+}
+
+/// `storage = "kubernetes"`: the objects replicas share. They are created by the deployment
+/// (deploy/acme), never by fluxgate, whose Role may only get and update them by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeStorage {
+    /// The cluster's position in the fleet, and its name for messages.
+    pub cluster: usize,
+    pub cluster_name: String,
+    pub namespace: String,
+    /// The `kubernetes.io/tls` Secret holding the certificate (tls.crt, tls.key).
+    pub secret: String,
+    /// The Secret holding the ACME account's credentials.
+    pub account_secret: String,
+    /// The Lease whose holder orders or renews while the others wait.
+    pub lease: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
+    /// How often replicas that do not hold the Lease read it and the certificate's Secret.
+    pub poll_interval: Duration,
+}
+
+/// The answers to the challenges of one order, as shared between replicas: every replica
+/// serves them, so the CA's validation may reach any of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenges {
+    /// Names this order's challenges, for the replicas' acknowledgements.
+    pub id: String,
+    /// HTTP-01: token → key authorization.
+    #[serde(default)]
+    pub http: BTreeMap<String, String>,
+    /// TLS-ALPN-01: domain → SHA-256 digest of the key authorization, in hex.
+    #[serde(default)]
+    pub alpn: BTreeMap<String, String>,
 }
 
 /// External Account Binding: the key id and the MAC key the CA gave.
@@ -93,10 +141,6 @@ impl Acme {
         lock(&self.http).get(token).cloned()
     }
 
-    pub fn set_alpn(&self, domain: &str, ck: Arc<CertifiedKey>) {
-        lock(&self.alpn).insert(domain.to_ascii_lowercase(), ck);
-    }
-
     pub fn set_http(&self, token: &str, key_authorization: String) {
         lock(&self.http).insert(token.to_string(), key_authorization);
     }
@@ -104,6 +148,38 @@ impl Acme {
     pub fn clear_challenges(&self) {
         lock(&self.alpn).clear();
         lock(&self.http).clear();
+    }
+
+    /// Answers `c` from now on (the ALPN certificates made here), in place of any other.
+    pub fn answer(&self, c: &Challenges) -> Result<(), String> {
+        let mut alpn = HashMap::new();
+        for (domain, digest) in &c.alpn {
+            let digest = hex::decode(digest)
+                .map_err(|_| format!("the challenge digest for {domain} is not hex"))?;
+            alpn.insert(
+                domain.to_ascii_lowercase(),
+                challenge::alpn_certificate(domain, &digest)?,
+            );
+        }
+        *lock(&self.alpn) = alpn;
+        *lock(&self.http) = c.http.clone().into_iter().collect();
+        Ok(())
+    }
+
+    /// A replica that does not order follows the ordering one's challenges: while `c` is
+    /// some, it answers them and lets the CA's validation through as the orderer would.
+    pub fn follow(&self, c: Option<&Challenges>) -> Result<(), String> {
+        match c {
+            Some(c) => {
+                self.answer(c)?;
+                self.ordering.store(true, SeqCst);
+            }
+            None => {
+                self.ordering.store(false, SeqCst);
+                self.clear_challenges();
+            }
+        }
+        Ok(())
     }
 
     /// Whether a certificate from the CA is served (until then deliveries get 503).

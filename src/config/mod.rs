@@ -504,7 +504,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let history = admin::history(raw.history, &mut p);
     let acme = s
         .acme
-        .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &mut p));
+        .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &clusters, &mut p));
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
     let mut cluster = cluster::cluster(raw.cluster, &clusters, &mut ranges, &mut p);
