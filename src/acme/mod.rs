@@ -42,6 +42,21 @@ pub struct AcmeConfig {
     pub http_listen: Option<SocketAddr>,
 }
 
+impl AcmeConfig {
+    /// Whether `other` asks for the same thing: the lifecycle runs with the settings it started
+    /// with, so a reload that changes them must say a restart is needed.
+    pub fn same_as(&self, other: &AcmeConfig) -> bool {
+        let eab = |e: &Option<Eab>| e.as_ref().map(|e| (e.kid.clone(), e.hmac_key.to_vec()));
+        self.domains == other.domains
+            && self.email == other.email
+            && self.directory == other.directory
+            && self.ca_roots == other.ca_roots
+            && eab(&self.eab) == eab(&other.eab)
+            && self.storage == other.storage
+            && self.http_listen == other.http_listen
+    }
+}
+
 /// Where the account and the certificate are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageSettings {
@@ -210,5 +225,33 @@ impl Drop for OrderInFlight {
     fn drop(&mut self) {
         self.0.clear_challenges();
         self.0.ordering.store(false, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_setting_is_not_the_same_configuration() {
+        let a = AcmeConfig {
+            domains: vec!["a.example".into()],
+            email: None,
+            directory: LETS_ENCRYPT.into(),
+            ca_roots: vec![],
+            eab: None,
+            storage: StorageSettings::Directory("/var/lib/fluxgate/acme".into()),
+            http_listen: None,
+        };
+        assert!(a.same_as(&a.clone()));
+        let mut b = a.clone();
+        b.storage = StorageSettings::Directory("/elsewhere".into());
+        assert!(!a.same_as(&b));
+        let mut c = a.clone();
+        c.eab = Some(Eab {
+            kid: "k".into(),
+            hmac_key: Zeroizing::new(vec![1]),
+        });
+        assert!(!a.same_as(&c));
     }
 }

@@ -225,6 +225,16 @@ impl Settings {
         {
             d.push("server.upgrade_sock/grace_period/shutdown_timeout");
         }
+        // The ACME lifecycle keeps the settings it started with (and switching between ACME and
+        // certificate files swaps who owns the certificate).
+        let acme_same = match (&a.acme, &b.acme) {
+            (Some(x), Some(y)) => x.same_as(y),
+            (None, None) => true,
+            _ => false,
+        };
+        if !acme_same {
+            d.push("server.acme");
+        }
         if self.kubernetes.kubeconfig != new.kubernetes.kubeconfig
             || self.kubernetes.context != new.kubernetes.context
             || self.kubernetes.timeout != new.kubernetes.timeout
