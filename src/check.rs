@@ -167,9 +167,22 @@ fn acme(a: &crate::acme::AcmeConfig, r: &mut Report) {
             None => "TLS-ALPN-01 on server.listen".into(),
         }
     ));
-    let crate::acme::StorageSettings::Directory(storage) = &a.storage else {
-        // In the cluster: read and reviewed online, by acme_cluster.
-        return;
+    let storage = match &a.storage {
+        crate::acme::StorageSettings::Directory(d) => d,
+        crate::acme::StorageSettings::Kubernetes(k) => {
+            // The objects are read and the Role reviewed online, by acme_cluster.
+            r.ok(format!(
+                "server.acme.storage: in cluster {}, Secrets {ns}/{} and {ns}/{}, Lease {ns}/{}; this replica is {:?}, polling every {}",
+                k.cluster_name,
+                k.secret,
+                k.account_secret,
+                k.lease,
+                k.identity,
+                humantime::format_duration(k.poll_interval),
+                ns = k.namespace,
+            ));
+            return;
+        }
     };
     if storage.exists() {
         match writable(storage) {
@@ -221,16 +234,6 @@ fn acme_cluster(rt: &Runtime, s: &Settings, k: &crate::acme::KubeStorage, r: &mu
     let Some(spec) = s.clusters.get(k.cluster) else {
         return;
     };
-    r.ok(format!(
-        "server.acme.storage: in cluster {}, Secrets {ns}/{} and {ns}/{}, Lease {ns}/{}; this replica is {:?}, polling every {}",
-        k.cluster_name,
-        k.secret,
-        k.account_secret,
-        k.lease,
-        k.identity,
-        humantime::format_duration(k.poll_interval),
-        ns = k.namespace,
-    ));
     let config = match rt.block_on(load_config(
         &spec.kubeconfig,
         spec.context.as_deref(),

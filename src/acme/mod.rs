@@ -168,7 +168,12 @@ impl Acme {
     /// Answers `c` from now on (the ALPN certificates made here), in place of any other.
     pub fn answer(&self, c: &Challenges) -> Result<(), String> {
         let mut alpn = HashMap::new();
-        for (domain, digest) in &c.alpn {
+        // Only our own names: what another replica published is not taken on trust beyond them.
+        let ours = c
+            .alpn
+            .iter()
+            .filter(|(d, _)| self.config.domains.contains(&d.to_ascii_lowercase()));
+        for (domain, digest) in ours {
             let digest = hex::decode(digest)
                 .map_err(|_| format!("the challenge digest for {domain} is not hex"))?;
             alpn.insert(
@@ -253,5 +258,36 @@ mod tests {
             hmac_key: Zeroizing::new(vec![1]),
         });
         assert!(!a.same_as(&c));
+    }
+
+    #[test]
+    fn published_challenges_are_answered_for_our_names_only() {
+        let acme = Acme::new(AcmeConfig {
+            domains: vec!["a.example".into()],
+            email: None,
+            directory: LETS_ENCRYPT.into(),
+            ca_roots: vec![],
+            eab: None,
+            storage: StorageSettings::Directory("/nonexistent".into()),
+            http_listen: None,
+        });
+        let digest = hex::encode([7u8; 32]);
+        let c = Challenges {
+            id: "1".into(),
+            http: [("tok".to_string(), "tok.ka".to_string())].into(),
+            alpn: [
+                ("A.example".to_string(), digest.clone()),
+                ("other.example".to_string(), digest),
+            ]
+            .into(),
+        };
+        acme.follow(Some(&c)).unwrap();
+        assert!(acme.ordering());
+        assert!(acme.alpn_certificate(Some("a.example")).is_some());
+        assert!(acme.alpn_certificate(Some("other.example")).is_none());
+        assert_eq!(acme.http_answer("tok").as_deref(), Some("tok.ka"));
+        acme.follow(None).unwrap();
+        assert!(!acme.ordering());
+        assert!(acme.alpn_certificate(Some("a.example")).is_none());
     }
 }
