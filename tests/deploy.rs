@@ -1253,10 +1253,7 @@ fn events_component_renders_least_privilege() {
     };
     let k: Value = serde_saphyr::from_str(&read_deploy("events/kustomization.yaml")).unwrap();
     assert_eq!(k["kind"], "Component");
-    assert_eq!(
-        str_list(&k["resources"]),
-        ["objects.yaml", "role.yaml", "rolebinding.yaml"]
-    );
+    assert_eq!(str_list(&k["resources"]), ["role.yaml", "rolebinding.yaml"]);
     // Off as shipped; the comment says how to turn it on.
     assert!(read_deploy("kustomization.yaml").contains("#   - events\n"));
 
