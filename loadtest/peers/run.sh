@@ -21,9 +21,10 @@
 #   LOADTEST=path/to/fluxgate-loadtest  STANDIN=path/to/fluxgate-standin
 #   IDLE_SERVERS="haproxy fluxgate"  IDLE_CONNS=10000
 #   FLOOD_SERVERS="haproxy fluxgate fluxgate-durable"  FLOOD_SECONDS=<seconds>  FLOOD_WARMUP=2
-#   FLOOD_CONNS=200  HAPROXY_BOX=reject|silent-drop  FLUXGATE_LOG=<RUST_LOG for fluxgate>
+#   FLOOD_CONNS=200  FLOOD_SCENARIOS="flood boxed boxed-close"  FLUXGATE_LOG=<RUST_LOG for fluxgate>
 #   KEEP=1: keep the run's folder (configurations, each server's output)
-#   FLOOD_PERF=<folder>: `perf record -g` of each flood row's measured window, into that folder
+#   PERF=<folder>: `perf record -g` of the server over each throughput and flood row's measured
+#   window, into <folder>/<server>-<scenario>.perf.data (`perf report -i` it)
 #   extra servers: fluxgate-dev (`fluxgate dev --bench`, the old row), gateway (GATEWAY_CMD with
 #   @PORT@ @CERT@ @KEY@ @SECRET@ @HOOK@ @DIR@)
 # fluxgate rows: `fluxgate` keeps its queue in memory, `fluxgate-durable` sets relay.queue_dir in
@@ -39,7 +40,7 @@ IDLE_SERVERS=${IDLE_SERVERS:-"haproxy fluxgate"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 FLOOD_SERVERS=${FLOOD_SERVERS:-"haproxy fluxgate fluxgate-durable"}
 FLOOD_SECONDS=${FLOOD_SECONDS:-$D} FLOOD_WARMUP=${FLOOD_WARMUP:-2} FLOOD_CONNS=${FLOOD_CONNS:-200}
-HAPROXY_BOX=${HAPROXY_BOX:-reject}
+FLOOD_SCENARIOS=${FLOOD_SCENARIOS:-"flood boxed boxed-close"}
 FLUXGATE=${FLUXGATE:-$root/target/release/fluxgate}
 LOADTEST=${LOADTEST:-$root/target/release/fluxgate-loadtest}
 STANDIN=${STANDIN:-$root/target/release/fluxgate-standin}
@@ -52,7 +53,7 @@ need taskset "apt-get install util-linux"
 need openssl "apt-get install openssl"
 need python3 "apt-get install python3"
 need curl "apt-get install curl"
-[ -n "${FLOOD_PERF:-}" ] && need perf "apt-get install linux-perf"
+[ -n "${PERF:-}" ] && need perf "apt-get install linux-perf"
 servers_used=
 has throughput "$SECTIONS" && servers_used="$servers_used $SERVERS"
 has idle "$SECTIONS" && servers_used="$servers_used $IDLE_SERVERS"
@@ -94,12 +95,15 @@ keyb64=$(printf %s "$secret" | base64 -w0)
 results=$dir/results  # "key value" lines for the summary
 
 # Per-start settings, set by each section before `start`.
+# BOX: 0 no penalty box, 1 boxed addresses held (fluxgate's tarpit; HAProxy's silent-drop),
+# close: boxed addresses' connections closed at once (tarpit off; HAProxy's reject).
 HEAD_TIMEOUT=5s CLIENT_TIMEOUT=10s BOX=0
 fill() { sed -e "s|@PORT@|$2|g; s|@ADMIN_PORT@|$(($2 + 1000))|g; s|@PEM@|$dir/both.pem|g" \
   -e "s|@CERT@|$dir/cert.pem|g; s|@KEY@|$dir/key.pem|g; s|@SECRET@|$secret|g; s|@KEYB64@|$keyb64|g" \
   -e "s|@HOOK@|$hook|g; s|@DIR@|$dir|g; s|@HEAD_TIMEOUT@|$HEAD_TIMEOUT|g" \
-  -e "s|@CLIENT_TIMEOUT@|$CLIENT_TIMEOUT|g; s|@BOX_ACTION@|$HAPROXY_BOX|g" \
-  -e "s|@BLOCK_AFTER@|$([ "$BOX" = 1 ] && echo 20 || echo 0)|g; s|@QUEUE@|${QUEUE:-}|g" "$1"; }
+  -e "s|@CLIENT_TIMEOUT@|$CLIENT_TIMEOUT|g; s|@BOX_ACTION@|$([ "$BOX" = 1 ] && echo silent-drop || echo reject)|g" \
+  -e "s|@BLOCK_AFTER@|$([ "$BOX" = 0 ] && echo 0 || echo 20)|g; s|@QUEUE@|${QUEUE:-}|g" \
+  -e "s|@TARPIT@|$([ "$BOX" = close ] && echo 'tarpit_connections = 0')|g" "$1"; }
 
 wait_port() { for _ in $(seq 150); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 # fluxgate is ready once its admin listener says so: the configuration is loaded and the
@@ -130,7 +134,7 @@ start() { # name port -> pid file $dir/<name>.pid
   case $name in
     nginx) fill "$here/nginx.conf.in" "$port" >"$dir/nginx.conf"
       taskset -c 0 nginx -c "$dir/nginx.conf" -g 'daemon off;' >"$dir/nginx.out" 2>&1 & echo $! >"$dir/nginx.pid" ;;
-    haproxy) conf=haproxy.cfg.in; [ "$BOX" = 1 ] && conf=haproxy-box.cfg.in
+    haproxy) conf=haproxy.cfg.in; [ "$BOX" != 0 ] && conf=haproxy-box.cfg.in
       fill "$here/$conf" "$port" >"$dir/haproxy.cfg"
       taskset -c 0 haproxy -f "$dir/haproxy.cfg" >"$dir/haproxy.out" 2>&1 & echo $! >"$dir/haproxy.pid" ;;
     webhook) fill "$here/hooks.json.in" "$port" >"$dir/hooks.json"
@@ -189,12 +193,18 @@ if has throughput "$SECTIONS"; then
     start "$s" $port || continue
     for sc in $SCENARIOS; do
       case $sc in keepalive) S=$sig CL=0;; newconn) S=$sig CL=1;; badsig) S=sha256=$(printf '0%.0s' $(seq 64)) CL=0;; *) continue;; esac
+      if [ -n "${PERF:-}" ]; then
+        mkdir -p "$PERF"
+        perf record -q -F 999 -g -p "$(cat "$dir/$s.pid")" -o "$PERF/$s-$sc.perf.data" -- sleep "$D" >/dev/null 2>&1 &
+        perfpid=$!
+      fi
       out=$(cd "$dir" && BODY=$body SIG=$S CLOSE=$CL taskset -c 1 wrk -t1 -c"$C" -d"${D}s" --latency -s "$here/sign.lua" \
         "https://127.0.0.1:$port/hook/$hook" 2>&1)
       rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
       p50=$(awk '$1=="50%" {print $2}' <<<"$out"); p99=$(awk '$1=="99%" {print $2}' <<<"$out")
       bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
       [ "$sc" = badsig ] && bad="${bad:-0} (401 expected)"
+      [ -n "${PERF:-}" ] && wait "$perfpid"
       echo "| $s | $sc | ${rps:-?} | ${p50:-?} | ${p99:-?} | ${bad:-0} |"
       echo "rps.$s.$sc ${rps:-0}" >>"$results"
       [ -n "$p99" ] && echo "p99.$s.$sc $(ms "$p99")" >>"$results"
@@ -253,18 +263,22 @@ if has flood "$SECTIONS"; then
   W=$FLOOD_WARMUP FD=$FLOOD_SECONDS
   echo
   echo "## Flood: forged signatures from 200 addresses (fluxgate-loadtest --mix badsig=100 --sources 200"
-  echo "## -c $FLOOD_CONNS, closed loop, keep-alive), and valid deliveries at 10/s from 127.0.0.1 (new TLS"
-  echo "## connection each); ${W} s warm-up then ${FD} s measured. flood: penalty box off; boxed: on (20"
-  echo "## failures a minute box an address for 10 min; HAProxy: stick table, boxed sources get $HAPROXY_BOX)."
+  echo "## -c $FLOOD_CONNS, closed loop, keep-alive, giving up on an answer after 2 s and reconnecting), and"
+  echo "## valid deliveries at 10/s from 127.0.0.1 (new TLS"
+  echo "## connection each); ${W} s warm-up then ${FD} s measured. flood: penalty box off. boxed: on (20"
+  echo "## failures a minute box an address for 10 min), boxed addresses' connections held: fluxgate's"
+  echo "## tarpit (as configured by default), HAProxy's silent-drop (a stick table; TCP_REPAIR as root)."
+  echo "## boxed-close: closed at once instead (fluxgate: tarpit_connections = 0; HAProxy: reject)."
   echo "## CPU: the server's user+system time over the measured ${FD} s, in % of one core."
   echo
   echo "| server | scenario | flood 401/s | flood 429/s | flood closed/s | valid sent | valid 2xx | valid p50 | valid p99 | server CPU |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   url="https://127.0.0.1:PORT/hook/$hook"
   for s in $FLOOD_SERVERS; do
-    for sc in flood boxed; do
+    for sc in $FLOOD_SCENARIOS; do
       port=$((port + 1))
-      HEAD_TIMEOUT=5s CLIENT_TIMEOUT=10s BOX=$([ $sc = boxed ] && echo 1 || echo 0)
+      case $sc in flood) BOX=0;; boxed) BOX=1;; boxed-close) BOX=close;; *) continue;; esac
+      HEAD_TIMEOUT=5s CLIENT_TIMEOUT=10s
       start "$s" $port || continue
       pid=$(cat "$dir/$s.pid")
       u=${url/PORT/$port}
@@ -272,12 +286,12 @@ if has flood "$SECTIONS"; then
         -d "$((W + FD))s" --timeout 10s --json "$dir/valid.json" >/dev/null 2>"$dir/valid.err" &
       vpid=$!
       taskset -c 1 "$LOADTEST" "$u" --secret-file "$dir/token" --insecure -q --mix badsig=100 --sources 200 \
-        -c "$FLOOD_CONNS" -w "${W}s" -d "${FD}s" --timeout 10s --json "$dir/flood.json" >/dev/null 2>"$dir/flood.err" &
+        -c "$FLOOD_CONNS" -w "${W}s" -d "${FD}s" --timeout 2s --json "$dir/flood.json" >/dev/null 2>"$dir/flood.err" &
       fpid=$!
       sleep "$W"; t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
-      if [ -n "${FLOOD_PERF:-}" ]; then  # a profile of the measured window instead of a sleep
-        mkdir -p "$FLOOD_PERF"
-        perf record -q -F 999 -g -p "$pid" -o "$FLOOD_PERF/$s-$sc.perf.data" -- sleep "$FD" >/dev/null 2>&1
+      if [ -n "${PERF:-}" ]; then  # a profile of the measured window instead of a sleep
+        mkdir -p "$PERF"
+        perf record -q -F 999 -g -p "$pid" -o "$PERF/$s-$sc.perf.data" -- sleep "$FD" >/dev/null 2>&1
       else
         sleep "$FD"
       fi
@@ -368,4 +382,10 @@ for fg in fluxgate fluxgate-durable; do
   c=$(get "flood.cpu.$fg.boxed") h=$(get flood.cpu.haproxy.boxed)
   cells="$cells | ${c:--}% of a core (HAProxy ${h:--}%)"; vs="$vs $(cmp "$c" "<" 5) $(cmp "$c" "<" "$h")"
 done
-echo "| boxed flood costs < 5% of a core, and less than HAProxy$cells | $(verdict $vs) |"
+echo "| boxed flood costs < 5% of a core, and less than HAProxy (silent-drop)$cells | $(verdict $vs) |"
+cells=
+for fg in fluxgate fluxgate-durable; do
+  c=$(get "flood.cpu.$fg.boxed-close") h=$(get flood.cpu.haproxy.boxed-close)
+  cells="$cells | ${c:--}% of a core (HAProxy ${h:--}%)"
+done
+echo "| (for comparison) boxed, closed at once: tarpit off, HAProxy reject$cells | - |"
