@@ -21,7 +21,7 @@
 #   LOADTEST=path/to/fluxgate-loadtest  STANDIN=path/to/fluxgate-standin
 #   IDLE_SERVERS="haproxy fluxgate"  IDLE_CONNS=10000
 #   FLOOD_SERVERS="haproxy fluxgate fluxgate-durable"  FLOOD_SECONDS=<seconds>  FLOOD_WARMUP=2
-#   FLOOD_CONNS=200  FLOOD_SCENARIOS="flood boxed boxed-close"  FLUXGATE_LOG=<RUST_LOG for fluxgate>
+#   FLOOD_CONNS=200  FLOOD_SCENARIOS="quiet flood boxed boxed-close"  FLUXGATE_LOG=<RUST_LOG for fluxgate>
 #   KEEP=1: keep the run's folder (configurations, each server's output)
 #   PERF=<folder>: `perf record -g` of the server over each throughput and flood row's measured
 #   window, into <folder>/<server>-<scenario>.perf.data (`perf report -i` it)
@@ -40,7 +40,7 @@ IDLE_SERVERS=${IDLE_SERVERS:-"haproxy fluxgate"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 FLOOD_SERVERS=${FLOOD_SERVERS:-"haproxy fluxgate fluxgate-durable"}
 FLOOD_SECONDS=${FLOOD_SECONDS:-$D} FLOOD_WARMUP=${FLOOD_WARMUP:-2} FLOOD_CONNS=${FLOOD_CONNS:-200}
-FLOOD_SCENARIOS=${FLOOD_SCENARIOS:-"flood boxed boxed-close"}
+FLOOD_SCENARIOS=${FLOOD_SCENARIOS:-"quiet flood boxed boxed-close"}
 FLUXGATE=${FLUXGATE:-$root/target/release/fluxgate}
 LOADTEST=${LOADTEST:-$root/target/release/fluxgate-loadtest}
 STANDIN=${STANDIN:-$root/target/release/fluxgate-standin}
@@ -263,12 +263,12 @@ if has flood "$SECTIONS"; then
   W=$FLOOD_WARMUP FD=$FLOOD_SECONDS
   echo
   echo "## Flood: forged signatures from 200 addresses (fluxgate-loadtest --mix badsig=100 --sources 200"
-  echo "## -c $FLOOD_CONNS, closed loop, keep-alive, giving up on an answer after 2 s and reconnecting), and"
-  echo "## valid deliveries at 10/s from 127.0.0.1 (new TLS"
-  echo "## connection each); ${W} s warm-up then ${FD} s measured. flood: penalty box off. boxed: on (20"
-  echo "## failures a minute box an address for 10 min), boxed addresses' connections held: fluxgate's"
-  echo "## tarpit (as configured by default), HAProxy's silent-drop (a stick table; TCP_REPAIR as root)."
-  echo "## boxed-close: closed at once instead (fluxgate: tarpit_connections = 0; HAProxy: reject)."
+  echo "## -c $FLOOD_CONNS, closed loop, keep-alive, giving up on an answer after 2 s and reconnecting),"
+  echo "## and valid deliveries at 10/s from 127.0.0.1 (a new TLS connection each); ${W} s warm-up then"
+  echo "## ${FD} s measured. quiet: the valid deliveries alone. flood: penalty box off. boxed: on (20 failures a minute box an address for"
+  echo "## 10 min), boxed addresses' connections held: fluxgate's tarpit (its default settings),"
+  echo "## HAProxy's silent-drop (stick table; TCP_REPAIR as root). boxed-close: closed at once instead"
+  echo "## (fluxgate: tarpit_connections = 0; HAProxy: reject)."
   echo "## CPU: the server's user+system time over the measured ${FD} s, in % of one core."
   echo
   echo "| server | scenario | flood 401/s | flood 429/s | flood closed/s | valid sent | valid 2xx | valid p50 | valid p99 | server CPU |"
@@ -277,17 +277,21 @@ if has flood "$SECTIONS"; then
   for s in $FLOOD_SERVERS; do
     for sc in $FLOOD_SCENARIOS; do
       port=$((port + 1))
-      case $sc in flood) BOX=0;; boxed) BOX=1;; boxed-close) BOX=close;; *) continue;; esac
+      case $sc in quiet|flood) BOX=0;; boxed) BOX=1;; boxed-close) BOX=close;; *) continue;; esac
       HEAD_TIMEOUT=5s CLIENT_TIMEOUT=10s
       start "$s" $port || continue
       pid=$(cat "$dir/$s.pid")
       u=${url/PORT/$port}
+      rm -f "$dir/valid.json" "$dir/flood.json"
       taskset -c 1 "$LOADTEST" "$u" --secret-file "$dir/token" --insecure -q --new-conn --rate 10 -c 4 \
         -d "$((W + FD))s" --timeout 10s --json "$dir/valid.json" >/dev/null 2>"$dir/valid.err" &
       vpid=$!
-      taskset -c 1 "$LOADTEST" "$u" --secret-file "$dir/token" --insecure -q --mix badsig=100 --sources 200 \
-        -c "$FLOOD_CONNS" -w "${W}s" -d "${FD}s" --timeout 2s --json "$dir/flood.json" >/dev/null 2>"$dir/flood.err" &
-      fpid=$!
+      fpid=
+      if [ "$sc" != quiet ]; then
+        taskset -c 1 "$LOADTEST" "$u" --secret-file "$dir/token" --insecure -q --mix badsig=100 --sources 200 \
+          -c "$FLOOD_CONNS" -w "${W}s" -d "${FD}s" --timeout 2s --json "$dir/flood.json" >/dev/null 2>"$dir/flood.err" &
+        fpid=$!
+      fi
       sleep "$W"; t0=$(cpu_ticks "$pid"); s0=$(date +%s.%N)
       if [ -n "${PERF:-}" ]; then  # a profile of the measured window instead of a sleep
         mkdir -p "$PERF"
@@ -307,7 +311,9 @@ def load(p):
     except (OSError, ValueError):
         return None
 f, v = load(sys.argv[1]), load(sys.argv[2])
-if f is None or v is None:
+if f is None:  # quiet: no flood
+    f = {"elapsed_s": 1, "status": {}, "errors": {"total": 0}}
+if v is None:
     print("? ? ? ? ? ? ? ?"); sys.exit()
 el = f["elapsed_s"] or 1
 st = f["status"]
@@ -329,12 +335,13 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Issue 20's targets, each from this run's rows: paste into PERFORMANCE.md.
+# Issue 20's targets, each from this run's rows: paste into PERFORMANCE.md. One column per
+# fluxgate row, each with its own verdict; HAProxy's figure of the same run beside it.
 echo
 echo "## Targets (issue 20), this run"
 echo
-echo "| target | fluxgate | fluxgate-durable | met? |"
-echo "|---|---|---|---|"
+echo "| target | fluxgate | met? | fluxgate-durable | met? |"
+echo "|---|---|---|---|---|"
 verdict() { # "no" if any argument is "no", else "-" if any is unknown, else "yes"
   local v out=yes
   [ $# = 0 ] && echo - && return
@@ -343,49 +350,61 @@ verdict() { # "no" if any argument is "no", else "-" if any is unknown, else "ye
 }
 cmp() { awk -v a="$1" -v op="$2" -v b="$3" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-") { print "-"; exit }
   r = (op == ">=") ? a >= b : (op == "<=") ? a <= b : (op == "<") ? a < b : 0; print r ? "yes" : "no" }'; }
+row() { # target, then for each fluxgate row: "cell|verdict words"
+  local out="| $1" c
+  shift
+  for c in "$@"; do out="$out | ${c%%|*} | $(verdict ${c#*|})"; done
+  echo "$out |"
+}
+FG="fluxgate fluxgate-durable"
 for sc in keepalive badsig newconn; do
   want=$([ $sc = keepalive ] && echo 1.2 || echo 1.3)
-  cells= vs=
-  for fg in fluxgate fluxgate-durable; do
+  cells=()
+  for fg in $FG; do
     r=$(ratio "$(get "rps.$fg.$sc")" "$(get "rps.haproxy.$sc")")
-    cells="$cells | ${r}x"; vs="$vs $(cmp "$r" ">=" "$want")"
+    a=$(get "rps.$fg.$sc") b=$(get "rps.haproxy.$sc")
+    cells+=("${r}×${a:+${b:+ ($a against $b req/s)}}|$(cmp "$r" ">=" "$want")")
   done
-  echo "| $sc ≥ ${want}× HAProxy$cells | $(verdict $vs) |"
+  row "$sc ≥ ${want}× HAProxy" "${cells[@]}"
 done
-cells= vs=
-for fg in fluxgate fluxgate-durable; do
+cells=()
+for fg in $FG; do
   c= v=
   for sc in keepalive badsig newconn; do
     a=$(get "p99.$fg.$sc") b=$(get "p99.haproxy.$sc")
-    [ -n "$a" ] && [ -n "$b" ] && c="$c $sc ${a}/${b}" && v="$v $(cmp "$a" "<=" "$b")"
+    [ -n "$a" ] && [ -n "$b" ] && c="$c $sc ${a}/${b}," && v="$v $(cmp "$a" "<=" "$b")"
   done
-  cells="$cells | ${c:- -} ms"; vs="$vs $(verdict $v)"
+  cells+=("${c:- -} ms|$v")
 done
-echo "| p99 ≤ HAProxy's (fluxgate/HAProxy)$cells | $(verdict $vs) |"
+row "p99 ≤ HAProxy's (fluxgate/HAProxy)" "${cells[@]}"
 a=$(get idle.above_mib.fluxgate)
-echo "| $IDLE_CONNS idle TLS connections < 64 MiB above idle | ${a:--} MiB | (same code) | $(cmp "$a" "<" 64) |"
+row "$IDLE_CONNS idle TLS connections < 64 MiB above idle" "${a:--} MiB|$(cmp "$a" "<" 64)" "(same code)|-"
 pf=$(get idle.per_kb.fluxgate) ph=$(get idle.per_kb.haproxy)
 r=$(ratio "$pf" "$ph")
-echo "| per idle connection ≤ ½ HAProxy's | ${pf:--} KB against ${ph:--} KB: ${r}× | (same code) | $(cmp "$r" "<=" 0.5) |"
-cells= vs=
-for fg in fluxgate fluxgate-durable; do
+row "per idle connection ≤ ½ HAProxy's" "${pf:--} KB against ${ph:--} KB: ${r}×|$(cmp "$r" "<=" 0.5)" "(same code)|-"
+cells=()
+hp=$(get flood.vp99.haproxy.flood)
+for fg in $FG; do
   sent=$(get "flood.vsent.$fg.flood") bad=$(get "flood.vbad.$fg.flood") p=$(get "flood.vp99.$fg.flood")
-  hp=$(get flood.vp99.haproxy.flood)
   if [ -n "$sent" ]; then
-    cells="$cells | $((sent - bad))/$sent answered 2xx, p99 $p ms (HAProxy ${hp:--} ms)"
-    vs="$vs $(cmp "$bad" "<=" 0) $(cmp "$p" "<" 50)"
-  else cells="$cells | -"; fi
+    cells+=("$((sent - bad))/$sent 2xx, p99 $p ms (HAProxy ${hp:--} ms)|$(cmp "$bad" "<=" 0) $(cmp "$p" "<" 50) $(cmp "$p" "<" "$hp")")
+  else cells+=("-|-"); fi
 done
-echo "| under a full-rate flood, valid deliveries all answered, p99 < 50 ms$cells | $(verdict $vs) |"
-cells= vs=
-for fg in fluxgate fluxgate-durable; do
-  c=$(get "flood.cpu.$fg.boxed") h=$(get flood.cpu.haproxy.boxed)
-  cells="$cells | ${c:--}% of a core (HAProxy ${h:--}%)"; vs="$vs $(cmp "$c" "<" 5) $(cmp "$c" "<" "$h")"
+row "under a full-rate flood, valid deliveries all answered, p99 < 50 ms and below HAProxy's" "${cells[@]}"
+# The boxed flood's own cost: the server's CPU in the boxed row less its CPU in the quiet row
+# (the same valid deliveries without a flood).
+net() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print ""; else printf "%.1f", a - b }'; }
+cells=()
+h=$(net "$(get flood.cpu.haproxy.boxed)" "$(get flood.cpu.haproxy.quiet)")
+for fg in $FG; do
+  c=$(net "$(get "flood.cpu.$fg.boxed")" "$(get "flood.cpu.$fg.quiet")")
+  cells+=("${c:--}% of a core (HAProxy ${h:--}%)|$(cmp "$c" "<" 5) $(cmp "$c" "<=" "$h")")
 done
-echo "| boxed flood costs < 5% of a core, and less than HAProxy (silent-drop)$cells | $(verdict $vs) |"
-cells=
-for fg in fluxgate fluxgate-durable; do
-  c=$(get "flood.cpu.$fg.boxed-close") h=$(get flood.cpu.haproxy.boxed-close)
-  cells="$cells | ${c:--}% of a core (HAProxy ${h:--}%)"
+row "boxed flood costs < 5% of a core, at most HAProxy's (silent-drop); boxed less quiet" "${cells[@]}"
+cells=()
+h=$(net "$(get flood.cpu.haproxy.boxed-close)" "$(get flood.cpu.haproxy.quiet)")
+for fg in $FG; do
+  c=$(net "$(get "flood.cpu.$fg.boxed-close")" "$(get "flood.cpu.$fg.quiet")")
+  cells+=("${c:--}% of a core (HAProxy ${h:--}%)|-")
 done
-echo "| (for comparison) boxed, closed at once: tarpit off, HAProxy reject$cells | - |"
+row "(for comparison) boxed, closed at once: tarpit off, HAProxy reject" "${cells[@]}"
