@@ -110,6 +110,9 @@ pub fn run(config: &Path, offline: bool) -> Result<(), String> {
             Ok(rt) => {
                 cluster(&rt, &settings, &mut r);
                 if let Some(a) = &settings.server.acme {
+                    if let crate::acme::StorageSettings::Kubernetes(k) = &a.storage {
+                        acme_cluster(&rt, &settings, k, &mut r);
+                    }
                     acme_directory(&rt, a, &mut r);
                 }
                 issuers(&rt, &settings, &mut r);
@@ -164,7 +167,23 @@ fn acme(a: &crate::acme::AcmeConfig, r: &mut Report) {
             None => "TLS-ALPN-01 on server.listen".into(),
         }
     ));
-    let storage = &a.storage;
+    let storage = match &a.storage {
+        crate::acme::StorageSettings::Directory(d) => d,
+        crate::acme::StorageSettings::Kubernetes(k) => {
+            // The objects are read and the Role reviewed online, by acme_cluster.
+            r.ok(format!(
+                "server.acme.storage: in cluster {}, Secrets {ns}/{} and {ns}/{}, Lease {ns}/{}; this replica is {:?}, polling every {}",
+                k.cluster_name,
+                k.secret,
+                k.account_secret,
+                k.lease,
+                k.identity,
+                humantime::format_duration(k.poll_interval),
+                ns = k.namespace,
+            ));
+            return;
+        }
+    };
     if storage.exists() {
         match writable(storage) {
             Ok(()) => r.ok(format!(
@@ -179,7 +198,14 @@ fn acme(a: &crate::acme::AcmeConfig, r: &mut Report) {
             storage.display()
         ));
     }
-    match crate::acme::storage::Storage::new(storage.clone()).load_certificate() {
+    stored_certificate(
+        crate::acme::storage::Directory::new(storage.clone()).load_certificate(),
+        r,
+    );
+}
+
+fn stored_certificate(c: Result<Option<crate::acme::storage::Stored>, String>, r: &mut Report) {
+    match c {
         Ok(Some(c)) => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             if c.not_after <= now {
@@ -199,6 +225,78 @@ fn acme(a: &crate::acme::AcmeConfig, r: &mut Report) {
         Err(e) => r.warn(format!(
             "server.acme.storage: {e}; a new one is ordered at start"
         )),
+    }
+}
+
+/// `storage = "kubernetes"`: the three objects exist, and the account may get and update each
+/// of them (SelfSubjectAccessReview), as the replicas will.
+fn acme_cluster(rt: &Runtime, s: &Settings, k: &crate::acme::KubeStorage, r: &mut Report) {
+    let Some(spec) = s.clusters.get(k.cluster) else {
+        return;
+    };
+    let config = match rt.block_on(load_config(
+        &spec.kubeconfig,
+        spec.context.as_deref(),
+        spec.timeout,
+    )) {
+        Ok(c) => c,
+        // The cluster's own lines say why.
+        Err(_) => return,
+    };
+    let api = KubeApi::new(config.clone());
+    let objects = [
+        ("", "secrets", &k.secret),
+        ("", "secrets", &k.account_secret),
+        ("coordination.k8s.io", "leases", &k.lease),
+    ];
+    let mut allowed = true;
+    for (group, resource, name) in objects {
+        for verb in ["get", "update"] {
+            match rt.block_on(api.can_i(verb, group, resource, &k.namespace, Some(name))) {
+                Ok(true) => {}
+                Ok(false) => {
+                    allowed = false;
+                    r.problem(format!(
+                        "server.acme.storage: the service account may not {verb} {resource} {name:?} in {}; see deploy/acme/",
+                        k.namespace
+                    ));
+                }
+                Err(e) => {
+                    allowed = false;
+                    r.problem(format!(
+                        "server.acme.storage: cannot review {verb} on {resource} {name:?}: {e}"
+                    ));
+                }
+            }
+        }
+    }
+    if allowed {
+        r.ok(format!(
+            "server.acme.storage: may get and update the two Secrets and the Lease in {}",
+            k.namespace
+        ));
+    }
+    let store = rt.block_on(async {
+        kube::Client::try_from(config)
+            .map(|c| crate::acme::kube_store::KubeStore::new(c, k.clone()))
+            .map_err(|e| e.to_string())
+    });
+    let store = match store {
+        Ok(s) => s,
+        Err(e) => return r.problem(format!("server.acme.storage: {e}")),
+    };
+    let found = rt.block_on(async {
+        let lease = store.lease.read().await.map(|_| ());
+        let account = store.load_account("").await.map(|_| ());
+        let cert = store.read_certificate().await;
+        (lease, account, cert)
+    });
+    for e in [found.0.err(), found.1.err()].into_iter().flatten() {
+        r.problem(format!("server.acme.storage: {e}"));
+    }
+    match found.2 {
+        Ok(read) => stored_certificate(Ok(read.stored), r),
+        Err(e) => r.problem(format!("server.acme.storage: {e}")),
     }
 }
 

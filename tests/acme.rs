@@ -192,7 +192,8 @@ struct AcmeGateway {
     admin: u16,
     setup: Setup,
     log: PathBuf,
-    _api: StandIn,
+    /// Its own API, unless it shares one with other replicas.
+    _api: Option<StandIn>,
 }
 
 fn receiver(s: &Setup, extra: &str) -> String {
@@ -210,6 +211,18 @@ impl AcmeGateway {
     /// With `acme`, more lines of `[server.acme]`.
     fn with_acme(setup: Setup, port: u16, pebble: &Pebble, acme: &str) -> Self {
         Self::build(setup, port, pebble, None, "", acme)
+    }
+
+    /// A replica keeping its certificate in `api`'s cluster, as `identity`, polling every
+    /// second. Returns once it serves (with a placeholder until the certificate is stored).
+    fn replica(port: u16, pebble: &Pebble, api: &StandIn, identity: &str) -> Self {
+        let setup = Setup::new();
+        api.write_kubeconfig(&setup.path("kubeconfig"), SA_TOKEN)
+            .unwrap();
+        let acme = format!(
+            "storage = \"kubernetes\"\nidentity = \"{identity}\"\npoll_interval = \"1s\"\n"
+        );
+        Self::configure(setup, port, pebble, None, "", &acme, None)
     }
 
     /// With `extra` lines in the receiver's table.
@@ -234,17 +247,37 @@ impl AcmeGateway {
         let api = StandIn::start(api_config()).unwrap();
         api.write_kubeconfig(&setup.path("kubeconfig"), SA_TOKEN)
             .unwrap();
+        Self::configure(setup, port, pebble, http_listen, extra, acme, Some(api))
+    }
+
+    /// Writes the configuration (the kubeconfig is written already) and starts.
+    fn configure(
+        setup: Setup,
+        port: u16,
+        pebble: &Pebble,
+        http_listen: Option<u16>,
+        extra: &str,
+        acme: &str,
+        api: Option<StandIn>,
+    ) -> Self {
         let admin = free_port();
         let d = setup.dir.path().display();
         let http = http_listen.map_or(String::new(), |p| {
             format!("http_listen = \"127.0.0.1:{p}\"\n")
         });
+        let storage = if acme.contains("storage =") {
+            String::new()
+        } else {
+            format!("storage = \"{d}/acme\"\n")
+        };
+        let ca = pebble.dir.join("pebble-ca.pem");
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n# The renewal test keeps a connection idle across a renewal.\nhead_timeout = \"60s\"\n\n\
              [server.acme]\ndomains = [\"{NAME}\"]\nemail = \"ops@example.org\"\n\
-             directory = \"{}\"\nca_roots = [\"{d}/pebble-ca.pem\"]\nstorage = \"{d}/acme\"\n{http}{acme}\n\
+             directory = \"{}\"\nca_roots = [\"{}\"]\n{storage}{http}{acme}\n\
              [kubernetes]\nkubeconfig = \"{d}/kubeconfig\"\n\n[[receivers]]\n{}\n",
             pebble.directory(),
+            ca.display(),
             receiver(&setup, extra)
         );
         std::fs::write(setup.path("fluxgate.toml"), config).unwrap();
@@ -760,4 +793,325 @@ async fn ask(conn: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) 
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas sharing storage in the cluster: `fluxgate serve` processes against the stand-in,
+// whose service account has exactly deploy/acme's Role and whose objects are deploy/acme's.
+
+const NS: &str = "flux-system";
+const LEASE_API: &str = "coordination.k8s.io/v1";
+
+/// deploy/acme/objects.yaml, as `kubectl apply -k` would create them in flux-system.
+fn deploy_acme_objects() -> Vec<serde_json::Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/acme/objects.yaml");
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(path).unwrap()).unwrap();
+    docs.into_iter()
+        .map(|mut d| {
+            d["metadata"]["namespace"] = NS.into();
+            d
+        })
+        .collect()
+}
+
+/// The API of a cluster with deploy/ and its acme component applied, less the objects named
+/// in `missing` (kind/name).
+fn acme_cluster(missing: &[&str]) -> StandIn {
+    let mut cfg = api_config();
+    for rule in deploy_role_rules("acme/role.yaml", NS) {
+        cfg = cfg.allow(SA_USER, rule);
+    }
+    for o in deploy_acme_objects() {
+        let id = format!(
+            "{}/{}",
+            o["kind"].as_str().unwrap(),
+            o["metadata"]["name"].as_str().unwrap()
+        );
+        if !missing.contains(&id.as_str()) {
+            cfg = cfg.object(o);
+        }
+    }
+    StandIn::start(cfg).unwrap()
+}
+
+fn lease(api: &StandIn) -> serde_json::Value {
+    api.object(LEASE_API, "Lease", NS, "fluxgate-acme").unwrap()
+}
+
+fn lease_holder(api: &StandIn) -> String {
+    lease(api)["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sets the Lease's holder behind the API's back (the test holding it, or releasing it).
+fn hold_lease(api: &StandIn, holder: &str) {
+    let mut l = lease(api);
+    l["spec"]["holderIdentity"] = holder.into();
+    l["spec"]["leaseDurationSeconds"] = 3600.into();
+    l["spec"]["renewTime"] = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .into();
+    api.put_object(l);
+}
+
+/// Connections pebble's validator made through the forwarder: the Lease's holder at accept
+/// time, and the port they were sent to.
+type Forwarded = std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>;
+
+/// Stands where pebble validates (its tlsPort): each connection goes to the replica that
+/// does NOT hold the Lease at that moment, so a validation that succeeds proves the other
+/// replica answered the order's challenges.
+async fn forwarder(
+    listener: tokio::net::TcpListener,
+    api: std::sync::Arc<StandIn>,
+    replicas: Vec<(&'static str, u16)>,
+    seen: Forwarded,
+) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let holder = lease_holder(&api);
+        let port = replicas
+            .iter()
+            .find(|(id, _)| *id != holder)
+            .map(|(_, p)| *p)
+            .unwrap();
+        seen.lock().unwrap().push((holder, port));
+        tokio::spawn(async move {
+            if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+            }
+        });
+    }
+}
+
+/// The serial of the certificate `port` serves, verified against `root` (a real handshake).
+async fn served_serial(gw: &AcmeGateway, root: &str) -> Vec<u8> {
+    serial(&gw.connect(root).await)
+}
+
+/// Waits until `gw` serves a certificate that `root` verifies (it polls the Secret).
+async fn wait_issued(gw: &AcmeGateway, root: &str, limit: Duration) {
+    let until = Instant::now() + limit;
+    loop {
+        let (status, body) = gw.deliver_checked(root).await;
+        if status == Some(200) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no certificate served in {limit:?} ({status:?} {body}): {}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl AcmeGateway {
+    /// A delivery that may fail at the handshake (the placeholder is not trusted).
+    async fn deliver_checked(&self, root: &str) -> (Option<u16>, String) {
+        let body = br#"{"ref":"refs/heads/main"}"#.to_vec();
+        let r = self
+            .client(root)
+            .post(format!(
+                "https://{NAME}:{}{}",
+                self.port,
+                hook("ka", "a", "flux-system")
+            ))
+            .header("X-GitHub-Event", "push")
+            .header("X-Hub-Signature-256", sig("sha256", "ka", &body))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) => (
+                Some(r.status().as_u16()),
+                r.text().await.unwrap_or_default(),
+            ),
+            Err(e) => (None, e.to_string()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_order_once_the_other_answers_the_validation_and_all_serve_the_certificate() {
+    if !installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let api = std::sync::Arc::new(acme_cluster(&[]));
+    let (a_port, b_port) = (free_port(), free_port());
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    let seen = Forwarded::default();
+    tokio::spawn(forwarder(
+        front,
+        api.clone(),
+        vec![("replica-a", a_port), ("replica-b", b_port)],
+        seen.clone(),
+    ));
+    let pebble = Pebble::start(dir.path(), front_port, free_port(), 3600, false);
+
+    // Held by the test until both replicas are up and have said so on the Lease, so that
+    // whichever orders waits for the other: with one started late, the CA could reach it
+    // before it knew of any challenge.
+    hold_lease(&api, "the-test");
+    let a = AcmeGateway::replica(a_port, &pebble, &api, "replica-a");
+    let b = AcmeGateway::replica(b_port, &pebble, &api, "replica-b");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = &lease(&api)["metadata"]["annotations"]["acme.fluxgate.dev/replicas"];
+        let r: serde_json::Value = serde_json::from_str(r.as_str().unwrap_or("{}")).unwrap();
+        if r.get("replica-a").is_some() && r.get("replica-b").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the replicas did not sign the Lease: {}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hold_lease(&api, "");
+
+    // Exactly one order between them, by the replica that held the Lease.
+    let until = Instant::now() + Duration::from_secs(40);
+    while a.orders("ok") + b.orders("ok") < 1.0 {
+        assert!(
+            Instant::now() < until,
+            "no order: {}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (orderer, ordering, other, other_port) = if a.orders("ok") == 1.0 {
+        ("replica-a", &a, &b, b_port)
+    } else {
+        ("replica-b", &b, &a, a_port)
+    };
+    let root = pebble.root().await;
+    wait_issued(&a, &root, Duration::from_secs(10)).await;
+    wait_issued(&b, &root, Duration::from_secs(10)).await;
+    assert_eq!(
+        served_serial(&a, &root).await,
+        served_serial(&b, &root).await
+    );
+    assert_eq!(pebble.orders(), 1, "{}", pebble.logs());
+    assert_eq!(a.orders("ok") + b.orders("ok"), 1.0);
+    assert_eq!(a.orders("failed") + b.orders("failed"), 0.0);
+
+    // The CA's validation (TLS-ALPN-01: three connections per name) all went to the replica
+    // that did not order, while the orderer held the Lease.
+    let forwarded = seen.lock().unwrap().clone();
+    assert!(forwarded.len() >= 3, "{forwarded:?}");
+    for (holder, port) in &forwarded {
+        assert_eq!(holder, orderer, "{forwarded:?}");
+        assert_eq!(*port, other_port, "{forwarded:?}");
+    }
+    assert!(
+        other
+            .logs()
+            .contains("answering the challenges of another replica's order"),
+        "{}",
+        other.logs()
+    );
+    // The orderer told the CA to validate only once the other had acknowledged.
+    assert!(
+        ordering
+            .logs()
+            .contains("every replica answers the challenges"),
+        "{}",
+        ordering.logs()
+    );
+
+    // Stored in deploy/acme's TLS Secret, and the Lease released with nothing left on it.
+    let secret = api.object("v1", "Secret", NS, "fluxgate-tls").unwrap();
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_ne!(secret["data"]["tls.crt"], "");
+    assert_ne!(secret["data"]["tls.key"], "");
+    let account = api
+        .object("v1", "Secret", NS, "fluxgate-acme-account")
+        .unwrap();
+    assert_eq!(account["data"].as_object().unwrap().len(), 1, "{account}");
+    let l = lease(&api);
+    assert_eq!(l["spec"]["holderIdentity"], "", "{l}");
+    assert!(l["metadata"]["annotations"]["acme.fluxgate.dev/challenges"].is_null());
+    for gw in [&a, &b] {
+        assert!(
+            !gw.logs().contains("BEGIN PRIVATE KEY"),
+            "no key in the logs"
+        );
+    }
+
+    // A replica that starts later serves the stored certificate and orders nothing.
+    let c = AcmeGateway::replica(free_port(), &pebble, &api, "replica-c");
+    wait_issued(&c, &root, Duration::from_secs(10)).await;
+    assert_eq!(
+        served_serial(&c, &root).await,
+        served_serial(&a, &root).await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.orders("ok") + c.orders("failed"), 0.0);
+    assert_eq!(pebble.orders(), 1);
+
+    // check: the objects are there and the Role allows what the replicas do.
+    let run = run_check(&c.setup.path("fluxgate.toml"), &[], &[]);
+    assert_eq!(run.code, Some(0), "{}", run.output());
+    for line in [
+        "ok: server.acme.storage: in cluster default, Secrets flux-system/fluxgate-tls and flux-system/fluxgate-acme-account, Lease flux-system/fluxgate-acme; this replica is \"replica-c\"",
+        "ok: server.acme.storage: may get and update the two Secrets and the Lease in flux-system",
+        "ok: server.acme: stored certificate for gw.fluxgate.test",
+    ] {
+        assert_eq!(run.lines_starting(line).len(), 1, "{line}: {}", run.output());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_secret_or_lease_is_named_with_how_to_create_it() {
+    if !installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let api = acme_cluster(&["Secret/fluxgate-tls"]);
+    let port = free_port();
+    let pebble = Pebble::start(dir.path(), port, free_port(), 3600, false);
+    let gw = AcmeGateway::replica(port, &pebble, &api, "replica-a");
+    let said = "Secret flux-system/fluxgate-tls does not exist: fluxgate only gets and updates it; create it (empty) with the deploy/acme component";
+    let until = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains(said) {
+        assert!(Instant::now() < until, "{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pebble.orders(), 0, "nothing is ordered without storage");
+
+    api.delete_object(LEASE_API, "Lease", NS, "fluxgate-acme");
+    let run = run_check(&gw.setup.path("fluxgate.toml"), &[], &[]);
+    assert_ne!(run.code, Some(0));
+    for line in [
+        "problem: server.acme.storage: Secret flux-system/fluxgate-tls does not exist",
+        "problem: server.acme.storage: Lease flux-system/fluxgate-acme does not exist",
+    ] {
+        assert_eq!(
+            run.lines_starting(line).len(),
+            1,
+            "{line}: {}",
+            run.output()
+        );
+    }
+    // The Role itself is fine: get and update are granted on the names, missing or not.
+    assert_eq!(
+        run.lines_starting("ok: server.acme.storage: may get and update")
+            .len(),
+        1,
+        "{}",
+        run.output()
+    );
 }

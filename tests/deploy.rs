@@ -1312,7 +1312,10 @@ fn acme_component_renders_least_privilege() {
     };
     let k: Value = serde_saphyr::from_str(&read_deploy("acme/kustomization.yaml")).unwrap();
     assert_eq!(k["kind"], "Component");
-    assert_eq!(str_list(&k["resources"]), ["role.yaml", "rolebinding.yaml"]);
+    assert_eq!(
+        str_list(&k["resources"]),
+        ["objects.yaml", "role.yaml", "rolebinding.yaml"]
+    );
     // Off as shipped; the comment says how to turn it on.
     assert!(read_deploy("kustomization.yaml").contains("#   - acme\n"));
 
@@ -1342,7 +1345,7 @@ fn acme_component_renders_least_privilege() {
         describe(&out)
     );
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text(&out.stdout)).unwrap();
-    assert_eq!(docs.len(), 6, "{docs:#?}");
+    assert_eq!(docs.len(), 9, "{docs:#?}");
     for d in &docs {
         assert_eq!(d["metadata"]["namespace"], NS, "{d}");
     }
@@ -1351,8 +1354,8 @@ fn acme_component_renders_least_privilege() {
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
             .unwrap_or_else(|| panic!("no {kind} {name}"))
     };
-    // get/update only on the named objects; the only unnamed verb is create, which
-    // Kubernetes cannot restrict by name. No list, watch, patch or delete anywhere.
+    // get/update only, only on the named objects: no create (which Kubernetes cannot restrict
+    // by name), list, watch, patch or delete anywhere.
     assert_eq!(
         named("Role", "fluxgate-acme")["rules"],
         json!([
@@ -1360,11 +1363,25 @@ fn acme_component_renders_least_privilege() {
              "resourceNames": ["fluxgate-tls", "fluxgate-acme-account"],
              "verbs": ["get", "update"]},
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "resourceNames": ["fluxgate-acme"], "verbs": ["get", "update"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]}
+             "resourceNames": ["fluxgate-acme"], "verbs": ["get", "update"]}
         ])
     );
+    // So the component creates the objects, empty, and Flux creates them only when missing.
+    let tls = named("Secret", "fluxgate-tls");
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(tls["data"], json!({"tls.crt": "", "tls.key": ""}));
+    assert_eq!(named("Secret", "fluxgate-acme-account")["type"], "Opaque");
+    named("Lease", "fluxgate-acme");
+    for (kind, name) in [
+        ("Secret", "fluxgate-tls"),
+        ("Secret", "fluxgate-acme-account"),
+        ("Lease", "fluxgate-acme"),
+    ] {
+        assert_eq!(
+            named(kind, name)["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/ssa"],
+            "IfNotPresent"
+        );
+    }
     assert_eq!(
         named("RoleBinding", "fluxgate-acme")["subjects"],
         json!([{"kind": "ServiceAccount", "name": "fluxgate", "namespace": NS}])

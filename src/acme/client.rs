@@ -3,7 +3,7 @@
 //! carried by reqwest (already in the tree) so that there is one rustls, one hyper and one
 //! crypto provider (ring), and so that `ca_roots` and the CA's `Retry-After` are ours to see.
 
-use super::{challenge, storage::Storage, Acme, AcmeConfig};
+use super::{challenge, storage::Storage, Acme, AcmeConfig, Challenges};
 use crate::fetch::causes;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +11,7 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
     ExternalAccountKey, HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
+use sha2::Digest;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -151,7 +152,11 @@ pub async fn account(
     storage: &Storage,
     fresh: bool,
 ) -> Result<Account, String> {
-    if let Some(json) = storage.load_account(&config.directory).filter(|_| !fresh) {
+    if let Some(json) = storage
+        .load_account(&config.directory)
+        .await?
+        .filter(|_| !fresh)
+    {
         let creds: AccountCredentials = serde_json::from_slice(&json)
             .map_err(|e| format!("the stored account does not parse: {e}"))?;
         return Account::builder_with_http(Box::new(http.clone()))
@@ -178,7 +183,7 @@ pub async fn account(
         .await
         .map_err(|e| format!("cannot register an account: {e}"))?;
     let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
-    storage.save_account(&config.directory, &json)?;
+    storage.save_account(&config.directory, &json).await?;
     tracing::info!(account = account.id(), "ACME account registered");
     Ok(account)
 }
@@ -216,6 +221,12 @@ pub async fn order(acme: &Arc<Acme>, http: &Http, storage: &Storage) -> Result<S
     } else {
         ChallengeType::TlsAlpn01
     };
+    // First the answers, all of them, served here and shared with the other replicas; only
+    // then is the CA told to validate, since its validation may reach any replica.
+    let mut answers = Challenges {
+        id: hex::encode(&sha2::Sha256::digest(order.url().as_bytes())[..8]),
+        ..Challenges::default()
+    };
     let mut authorizations = order.authorizations();
     while let Some(a) = authorizations.next().await {
         let mut a = a.map_err(|e| fail(format!("cannot read an authorization: {e}")))?;
@@ -224,18 +235,36 @@ pub async fn order(acme: &Arc<Acme>, http: &Http, storage: &Storage) -> Result<S
             AuthorizationStatus::Valid => continue,
             s => return Err(fail(format!("an authorization is {s:?}"))),
         }
-        let mut ch = a
+        let ch = a
             .challenge(kind.clone())
             .ok_or_else(|| fail(format!("the CA offers no {kind:?} challenge")))?;
         let domain = ch.identifier().to_string();
         let ka = ch.key_authorization();
         match kind {
-            ChallengeType::Http01 => acme.set_http(&ch.token, ka.as_str().to_string()),
-            _ => acme.set_alpn(
-                &domain,
-                challenge::alpn_certificate(&domain, ka.digest().as_ref()).map_err(fail)?,
-            ),
+            ChallengeType::Http01 => {
+                answers
+                    .http
+                    .insert(ch.token.clone(), ka.as_str().to_string());
+            }
+            _ => {
+                answers
+                    .alpn
+                    .insert(domain, hex::encode(ka.digest().as_ref()));
+            }
         }
+    }
+    acme.answer(&answers).map_err(fail)?;
+    storage.publish(&answers).await.map_err(fail)?;
+    let mut authorizations = order.authorizations();
+    while let Some(a) = authorizations.next().await {
+        let mut a = a.map_err(|e| fail(format!("cannot read an authorization: {e}")))?;
+        if a.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let mut ch = a
+            .challenge(kind.clone())
+            .ok_or_else(|| fail(format!("the CA offers no {kind:?} challenge")))?;
+        let domain = ch.identifier().to_string();
         ch.set_ready()
             .await
             .map_err(|e| fail(format!("cannot answer the challenge for {domain}: {e}")))?;
@@ -312,7 +341,7 @@ pub async fn suggested_renewal(
     leaf: &rustls::pki_types::CertificateDer<'_>,
 ) -> Option<i64> {
     let id = certificate_id(leaf)?;
-    let json = storage.load_account(&config.directory)?;
+    let json = storage.load_account(&config.directory).await.ok()??;
     let creds: AccountCredentials = serde_json::from_slice(&json).ok()?;
     let account = Account::builder_with_http(Box::new(http.clone()))
         .from_credentials(creds)

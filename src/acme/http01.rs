@@ -116,7 +116,7 @@ mod tests {
             directory: crate::acme::LETS_ENCRYPT.into(),
             ca_roots: vec![],
             eab: None,
-            storage: "/nonexistent".into(),
+            storage: crate::acme::StorageSettings::Directory("/nonexistent".into()),
             http_listen: None,
         });
         a.set_http("tok", "tok.thumb".into());

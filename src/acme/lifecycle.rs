@@ -5,8 +5,9 @@
 //! growing pause, or when the CA's `Retry-After` says.
 
 use super::client::{self, Http};
-use super::storage::{Storage, Stored};
-use super::Acme;
+use super::kube_store::KubeStore;
+use super::storage::{Directory, Storage, Stored};
+use super::{Acme, StorageSettings};
 use crate::edge::tls::CertResolver;
 use crate::metrics;
 use async_trait::async_trait;
@@ -17,17 +18,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The first pause after a failed order, doubled after each failure up to `MAX_BACKOFF`.
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 pub struct AcmeService {
     pub acme: Arc<Acme>,
     pub resolver: Arc<CertResolver>,
     /// The port of the public listener, for HTTP-01's redirects.
     pub https_port: u16,
+    /// With `storage = "kubernetes"`: the loaded kubeconfig of the storage's cluster.
+    pub kube: Option<kube::Config>,
 }
 
-fn now() -> i64 {
+pub(super) fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -42,14 +45,14 @@ pub fn renew_at(not_before: i64, not_after: i64, jitter: f64) -> i64 {
 
 /// Whether a stored certificate may be served for `domains`: it names each of them and has
 /// not reached its renewal time.
-fn usable(s: &Stored, domains: &[String]) -> bool {
+pub(super) fn usable(s: &Stored, domains: &[String]) -> bool {
     domains.iter().all(|d| s.names.iter().any(|n| n == d)) && now() < s.not_after
 }
 
 impl AcmeService {
     /// Serves `s` and says when to renew it: when the CA's renewal information suggests, else
     /// at two thirds of its lifetime.
-    async fn install(&self, s: &Stored, http: &Http, storage: &Storage) -> i64 {
+    pub(super) async fn install(&self, s: &Stored, http: &Http, storage: &Storage) -> i64 {
         self.resolver.replace(s.certified.clone());
         self.acme.set_issued();
         metrics::get().certificate_expiry.set(s.not_after as f64);
@@ -69,7 +72,11 @@ impl AcmeService {
     }
 
     /// One attempt: an order, stored, then served. Returns the next renewal time.
-    async fn obtain(&self, http: &Http, storage: &Storage) -> Result<i64, client::Failure> {
+    pub(super) async fn obtain(
+        &self,
+        http: &Http,
+        storage: &Storage,
+    ) -> Result<i64, client::Failure> {
         tracing::info!(domains = ?self.acme.config.domains, directory = %self.acme.config.directory, "ordering a certificate");
         let pem = client::order(&self.acme, http, storage).await?;
         let stored = super::storage::parse(pem).map_err(|reason| client::Failure {
@@ -78,6 +85,7 @@ impl AcmeService {
         })?;
         storage
             .save_certificate(&stored.pem)
+            .await
             .map_err(|reason| client::Failure {
                 reason,
                 retry_after: None,
@@ -87,10 +95,6 @@ impl AcmeService {
 
     async fn run(&self) {
         let config = &self.acme.config;
-        let storage = Storage::new(config.storage.clone());
-        if let Err(e) = storage.prepare() {
-            tracing::error!("acme.storage: {e}");
-        }
         if let Some(addr) = config.http_listen {
             match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => {
@@ -106,7 +110,37 @@ impl AcmeService {
                 return;
             }
         };
-        let mut renew = match storage.load_certificate() {
+        match &config.storage {
+            StorageSettings::Directory(dir) => self.alone(Directory::new(dir.clone()), &http).await,
+            StorageSettings::Kubernetes(k) => {
+                let client = self
+                    .kube
+                    .clone()
+                    .ok_or_else(|| "no kubeconfig for the storage's cluster".to_string())
+                    .and_then(|c| kube::Client::try_from(c).map_err(|e| e.to_string()));
+                match client {
+                    Ok(c) => {
+                        let store = Arc::new(KubeStore::new(c, k.clone()));
+                        super::replicas::run(self, store, &http).await;
+                    }
+                    Err(e) => tracing::error!(
+                        "server.acme.storage: cannot reach cluster {}: {e}",
+                        k.cluster_name
+                    ),
+                }
+            }
+        }
+    }
+
+    /// One process with its own directory: orders when it must, renews when it is time.
+    async fn alone(&self, dir: Directory, http: &Http) {
+        if let Err(e) = dir.prepare() {
+            tracing::error!("acme.storage: {e}");
+        }
+        let storage = Storage::Directory(dir);
+        let config = &self.acme.config;
+        let http = http.clone();
+        let mut renew = match storage.load_certificate().await {
             Ok(Some(s)) if usable(&s, &config.domains) => self.install(&s, &http, &storage).await,
             Ok(Some(_)) => {
                 tracing::info!(
@@ -132,26 +166,30 @@ impl AcmeService {
                     backoff = FIRST_BACKOFF;
                     renew = at;
                 }
-                Err(f) => {
-                    metrics::get()
-                        .acme_orders
-                        .with_label_values(&["failed"])
-                        .inc();
-                    let pause = f
-                        .retry_after
-                        .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                        .unwrap_or(backoff);
-                    tracing::error!(
-                        retry_in = %humantime::format_duration(Duration::from_secs(pause.as_secs())),
-                        "ACME order failed, keeping the current certificate: {}",
-                        f.reason
-                    );
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    renew = now() + pause.as_secs().max(1) as i64;
-                }
+                Err(f) => renew = failed(&f, &mut backoff),
             }
         }
     }
+}
+
+/// Counts and logs a failed order; returns when to try again: when the CA said, else after
+/// `backoff`, which doubles.
+pub(super) fn failed(f: &client::Failure, backoff: &mut Duration) -> i64 {
+    metrics::get()
+        .acme_orders
+        .with_label_values(&["failed"])
+        .inc();
+    let pause = f
+        .retry_after
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or(*backoff);
+    tracing::error!(
+        retry_in = %humantime::format_duration(Duration::from_secs(pause.as_secs())),
+        "ACME order failed, keeping the current certificate: {}",
+        f.reason
+    );
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    now() + pause.as_secs().max(1) as i64
 }
 
 fn to_time(t: i64) -> SystemTime {

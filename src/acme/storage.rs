@@ -1,10 +1,15 @@
-//! Where the account and the certificate live between runs: a directory, owner-only, each file
-//! written whole to a temporary file and renamed over the old one, so a crash never leaves a
-//! half-written key or a certificate without its key.
+//! Where the account and the certificate live between runs, and how the challenges of an
+//! order reach the other replicas: a local [`Directory`] for one process, or Secrets and a
+//! Lease in the cluster ([`KubeStore`]) for replicas.
+//!
+//! The directory is owner-only, each file written whole to a temporary file and renamed over
+//! the old one, so a crash never leaves a half-written key or a certificate without its key:
 //!
 //! - `account-<hash of the directory URL>.json`: the account's credentials (its key).
 //! - `certificate.pem`: the chain, then its private key, in one file.
 
+use super::kube_store::KubeStore;
+use super::Challenges;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
@@ -12,8 +17,55 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The two backends behind one face: the ACME client and the lifecycle do not know which.
+#[derive(Clone)]
+pub enum Storage {
+    Directory(Directory),
+    Kubernetes(Arc<KubeStore>),
+}
+
+impl Storage {
+    pub async fn load_account(&self, directory: &str) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Storage::Directory(d) => Ok(d.load_account(directory)),
+            Storage::Kubernetes(k) => k.load_account(directory).await,
+        }
+    }
+
+    pub async fn save_account(&self, directory: &str, json: &[u8]) -> Result<(), String> {
+        match self {
+            Storage::Directory(d) => d.save_account(directory, json),
+            Storage::Kubernetes(k) => k.save_account(directory, json).await,
+        }
+    }
+
+    pub async fn load_certificate(&self) -> Result<Option<Stored>, String> {
+        match self {
+            Storage::Directory(d) => d.load_certificate(),
+            Storage::Kubernetes(k) => k.load_certificate().await.map(|c| c.map(|(s, _)| s)),
+        }
+    }
+
+    pub async fn save_certificate(&self, pem: &str) -> Result<(), String> {
+        match self {
+            Storage::Directory(d) => d.save_certificate(pem),
+            Storage::Kubernetes(k) => k.save_certificate(pem).await,
+        }
+    }
+
+    /// Makes the challenges of the order in flight known to every replica, and returns once
+    /// they may answer them. One process has nothing to share.
+    pub async fn publish(&self, c: &Challenges) -> Result<(), String> {
+        match self {
+            Storage::Directory(_) => Ok(()),
+            Storage::Kubernetes(k) => k.publish(c).await,
+        }
+    }
+}
+
+/// A local directory, for one process.
 #[derive(Debug, Clone)]
-pub struct Storage {
+pub struct Directory {
     dir: PathBuf,
 }
 
@@ -26,9 +78,9 @@ pub struct Stored {
     pub names: Vec<String>,
 }
 
-impl Storage {
+impl Directory {
     pub fn new(dir: PathBuf) -> Self {
-        Storage { dir }
+        Directory { dir }
     }
 
     /// Creates the directory (owner-only) if it is missing.
@@ -41,8 +93,7 @@ impl Storage {
     }
 
     fn account_path(&self, directory: &str) -> PathBuf {
-        let h = hex::encode(&Sha256::digest(directory.as_bytes())[..8]);
-        self.dir.join(format!("account-{h}.json"))
+        self.dir.join(account_name(directory))
     }
 
     fn certificate_path(&self) -> PathBuf {
@@ -72,6 +123,13 @@ impl Storage {
     pub fn save_certificate(&self, pem: &str) -> Result<(), String> {
         write_atomic(&self.certificate_path(), pem.as_bytes())
     }
+}
+
+/// The name the account of the CA at `directory` is kept under (a file, or a Secret's key):
+/// a new directory URL gets a new account.
+pub fn account_name(directory: &str) -> String {
+    let h = hex::encode(&Sha256::digest(directory.as_bytes())[..8]);
+    format!("account-{h}.json")
 }
 
 /// A chain followed by its key, checked to belong together.
@@ -134,7 +192,7 @@ mod tests {
     #[test]
     fn files_are_owner_only_and_a_certificate_comes_back_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Storage::new(dir.path().join("acme"));
+        let s = Directory::new(dir.path().join("acme"));
         s.prepare().unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join("acme")), 0o700);

@@ -1,9 +1,14 @@
 //! `[server.acme]`: automatic HTTPS. Builds [`crate::acme::AcmeConfig`].
 
-use super::Problems;
-use crate::acme::{AcmeConfig, Eab, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
+use super::{duration, Problems};
+use crate::acme::{
+    AcmeConfig, Eab, KubeStorage, StorageSettings, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
+};
+use crate::fleet::ClusterSpec;
+use crate::relay::target::{check_dns_label, check_dns_subdomain};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,9 +21,26 @@ pub struct RawAcme {
     ca_roots: Vec<PathBuf>,
     eab_kid: Option<String>,
     eab_hmac_key_file: Option<PathBuf>,
-    storage: Option<PathBuf>,
+    /// A directory, or "kubernetes" for Secrets and a Lease shared by replicas.
+    storage: Option<String>,
     http_listen: Option<String>,
+    // With storage = "kubernetes":
+    cluster: Option<String>,
+    namespace: Option<String>,
+    secret: Option<String>,
+    account_secret: Option<String>,
+    lease: Option<String>,
+    identity: Option<String>,
+    poll_interval: Option<String>,
 }
+
+/// `storage = "kubernetes"`.
+pub const KUBERNETES: &str = "kubernetes";
+/// The names deploy/acme creates and its Role grants.
+pub const DEFAULT_SECRET: &str = "fluxgate-tls";
+pub const DEFAULT_ACCOUNT_SECRET: &str = "fluxgate-acme-account";
+pub const DEFAULT_LEASE: &str = "fluxgate-acme";
+pub const DEFAULT_NAMESPACE: &str = "flux-system";
 
 /// Where the account and certificate are kept when `storage` is not set: beside the relay
 /// queue when there is one (the state directory), else fluxgate's state directory.
@@ -43,7 +65,109 @@ fn valid_domain(d: &str) -> bool {
         })
 }
 
-pub fn acme(raw: RawAcme, queue_dir: Option<&Path>, p: &mut Problems) -> Option<AcmeConfig> {
+/// This replica's name in the Lease when `identity` is not set: the host's name (a pod's name
+/// in a cluster) and the process id, as client-go's examples do.
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().chars().take(100).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "fluxgate".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The keys that only `storage = "kubernetes"` reads, set or not.
+fn kube_keys(raw: &RawAcme) -> [(&'static str, bool); 7] {
+    [
+        ("cluster", raw.cluster.is_some()),
+        ("namespace", raw.namespace.is_some()),
+        ("secret", raw.secret.is_some()),
+        ("account_secret", raw.account_secret.is_some()),
+        ("lease", raw.lease.is_some()),
+        ("identity", raw.identity.is_some()),
+        ("poll_interval", raw.poll_interval.is_some()),
+    ]
+}
+
+/// `storage = "kubernetes"` and its keys, checked.
+fn kube_storage(raw: &RawAcme, fleet: &[ClusterSpec], p: &mut Problems) -> Option<KubeStorage> {
+    let errors = p.0.len();
+    let cluster = match &raw.cluster {
+        // The fleet's first cluster: [kubernetes] (named "default") when it is configured.
+        None => (!fleet.is_empty()).then_some(0),
+        Some(name) => match fleet.iter().position(|c| &c.name == name) {
+            Some(i) => Some(i),
+            None => {
+                let known: Vec<&str> = fleet.iter().map(|c| c.name.as_str()).collect();
+                p.add(
+                    "server.acme.cluster",
+                    format!(
+                        "no cluster named {name:?}; configured: {}",
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let namespace = raw.namespace.clone().unwrap_or(DEFAULT_NAMESPACE.into());
+    p.take("server.acme.namespace", check_dns_label(&namespace));
+    let mut name = |key: &str, v: &Option<String>, default: &str| {
+        let n = v.clone().unwrap_or(default.into());
+        p.take(&format!("server.acme.{key}"), check_dns_subdomain(&n));
+        n
+    };
+    let secret = name("secret", &raw.secret, DEFAULT_SECRET);
+    let account_secret = name(
+        "account_secret",
+        &raw.account_secret,
+        DEFAULT_ACCOUNT_SECRET,
+    );
+    let lease = name("lease", &raw.lease, DEFAULT_LEASE);
+    if secret == account_secret {
+        p.add(
+            "server.acme.account_secret",
+            "must differ from server.acme.secret: the certificate's Secret is a kubernetes.io/tls one",
+        );
+    }
+    let identity = raw.identity.clone().unwrap_or_else(default_identity);
+    if identity.is_empty()
+        || identity.len() > 128
+        || identity
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        p.add(
+            "server.acme.identity",
+            format!("{identity:?}: 1 to 128 characters without spaces, unique per replica"),
+        );
+    }
+    let poll_interval = duration(
+        "server.acme.poll_interval",
+        raw.poll_interval.as_deref(),
+        Duration::from_secs(5),
+        p,
+    );
+    let cluster = cluster?;
+    (p.0.len() == errors).then(|| KubeStorage {
+        cluster,
+        cluster_name: fleet[cluster].name.clone(),
+        namespace,
+        secret,
+        account_secret,
+        lease,
+        identity,
+        poll_interval,
+    })
+}
+
+pub fn acme(
+    raw: RawAcme,
+    queue_dir: Option<&Path>,
+    fleet: &[ClusterSpec],
+    p: &mut Problems,
+) -> Option<AcmeConfig> {
     let errors = p.0.len();
     if raw.domains.is_empty() {
         p.add(
@@ -109,7 +233,7 @@ pub fn acme(raw: RawAcme, queue_dir: Option<&Path>, p: &mut Problems) -> Option<
             ),
         }
     }
-    let eab = match (raw.eab_kid, raw.eab_hmac_key_file) {
+    let eab = match (raw.eab_kid.clone(), raw.eab_hmac_key_file.clone()) {
         (None, None) => None,
         (Some(_), None) => {
             p.add(
@@ -130,7 +254,30 @@ pub fn acme(raw: RawAcme, queue_dir: Option<&Path>, p: &mut Problems) -> Option<
             .ok()
             .map(|hmac_key| Eab { kid, hmac_key }),
     };
-    let storage = raw.storage.unwrap_or_else(|| default_storage(queue_dir));
+    let storage = match raw.storage.as_deref() {
+        Some(KUBERNETES) => kube_storage(&raw, fleet, p).map(StorageSettings::Kubernetes),
+        other => {
+            for (key, set) in kube_keys(&raw) {
+                if set {
+                    p.add(
+                        format!("server.acme.{key}"),
+                        "only with storage = \"kubernetes\" (replicas sharing Secrets and a Lease)",
+                    );
+                }
+            }
+            match other {
+                Some("") => {
+                    p.add(
+                        "server.acme.storage",
+                        "empty; a directory, or \"kubernetes\"",
+                    );
+                    None
+                }
+                Some(dir) => Some(StorageSettings::Directory(PathBuf::from(dir))),
+                None => Some(StorageSettings::Directory(default_storage(queue_dir))),
+            }
+        }
+    };
     let http_listen = raw.http_listen.as_deref().and_then(|s| {
         s.parse()
             .map_err(|_| {
@@ -141,6 +288,7 @@ pub fn acme(raw: RawAcme, queue_dir: Option<&Path>, p: &mut Problems) -> Option<
             })
             .ok()
     });
+    let storage = storage?;
     (p.0.len() == errors).then_some(AcmeConfig {
         domains,
         email: raw.email,
@@ -179,7 +327,14 @@ mod tests {
             .try_deserialize()
             .unwrap();
         let mut p = Problems::default();
-        let c = acme(raw, Some(Path::new("/srv/state/queue")), &mut p);
+        let fleet = [ClusterSpec {
+            name: "default".into(),
+            labels: Default::default(),
+            kubeconfig: "/k".into(),
+            context: None,
+            timeout: Duration::from_secs(5),
+        }];
+        let c = acme(raw, Some(Path::new("/srv/state/queue")), &fleet, &mut p);
         (
             c,
             p.0.iter()
@@ -195,7 +350,10 @@ mod tests {
         let c = c.unwrap();
         assert_eq!(c.domains, vec!["hooks.example.org"]);
         assert_eq!(c.directory, LETS_ENCRYPT);
-        assert_eq!(c.storage, PathBuf::from("/srv/state/acme"));
+        assert_eq!(
+            c.storage,
+            StorageSettings::Directory(PathBuf::from("/srv/state/acme"))
+        );
         let (c, _) = parse("domains = ['a.example']\ndirectory = 'staging'");
         assert_eq!(c.unwrap().directory, LETS_ENCRYPT_STAGING);
     }
@@ -216,6 +374,44 @@ mod tests {
         }
         let (_, e) = parse("email = 'a@b.org'");
         assert!(e[0].starts_with("server.acme.domains: missing"), "{e:?}");
+    }
+
+    #[test]
+    fn kubernetes_storage_defaults_to_the_deploy_names_and_checks_its_keys() {
+        let (c, e) = parse("domains = ['a.example']\nstorage = 'kubernetes'");
+        assert!(e.is_empty(), "{e:?}");
+        let StorageSettings::Kubernetes(k) = c.unwrap().storage else {
+            panic!("not kubernetes")
+        };
+        assert_eq!(
+            (k.cluster, k.namespace.as_str(), k.secret.as_str()),
+            (0, "flux-system", "fluxgate-tls")
+        );
+        assert_eq!(
+            (k.account_secret.as_str(), k.lease.as_str()),
+            ("fluxgate-acme-account", "fluxgate-acme")
+        );
+        assert!(k.identity.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(k.poll_interval, Duration::from_secs(5));
+
+        let (c, e) = parse("domains = ['a.example']\nstorage = 'kubernetes'\ncluster = 'prod'\nnamespace = 'Bad_NS'\nsecret = 'x'\naccount_secret = 'x'\nidentity = 'a b'\npoll_interval = '0s'");
+        assert!(c.is_none());
+        for key in [
+            "server.acme.cluster: no cluster named \"prod\"; configured: default",
+            "server.acme.namespace: ",
+            "server.acme.account_secret: must differ",
+            "server.acme.identity: ",
+            "server.acme.poll_interval: must be more than zero",
+        ] {
+            assert!(e.iter().any(|l| l.starts_with(key)), "{key} in {e:?}");
+        }
+
+        let (c, e) = parse("domains = ['a.example']\nstorage = '/var/lib/x'\nlease = 'l'");
+        assert!(c.is_none());
+        assert_eq!(
+            e,
+            vec!["server.acme.lease: only with storage = \"kubernetes\" (replicas sharing Secrets and a Lease)"]
+        );
     }
 
     #[test]

@@ -225,6 +225,16 @@ impl Settings {
         {
             d.push("server.upgrade_sock/grace_period/shutdown_timeout");
         }
+        // The ACME lifecycle keeps the settings it started with (and switching between ACME and
+        // certificate files swaps who owns the certificate).
+        let acme_same = match (&a.acme, &b.acme) {
+            (Some(x), Some(y)) => x.same_as(y),
+            (None, None) => true,
+            _ => false,
+        };
+        if !acme_same {
+            d.push("server.acme");
+        }
         if self.kubernetes.kubeconfig != new.kubernetes.kubeconfig
             || self.kubernetes.context != new.kubernetes.context
             || self.kubernetes.timeout != new.kubernetes.timeout
@@ -504,7 +514,7 @@ fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let history = admin::history(raw.history, &mut p);
     let acme = s
         .acme
-        .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &mut p));
+        .and_then(|a| acme::acme(a, relay.queue_dir.as_deref(), &clusters, &mut p));
     let limits = defences::limits(raw.limits, &mut p);
     let mut ranges = defences::range_sets(raw.ranges, &mut p);
     let mut cluster = cluster::cluster(raw.cluster, &clusters, &mut ranges, &mut p);

@@ -145,6 +145,11 @@ pub fn run(
     for c in &settings.clusters {
         tracing::info!(cluster = %c.name, kubeconfig = %c.kubeconfig.display(), "cluster configured");
     }
+    // ACME storage in the cluster talks to one cluster of the fleet with its credentials.
+    let acme_kube = match settings.server.acme.as_ref().map(|a| &a.storage) {
+        Some(crate::acme::StorageSettings::Kubernetes(k)) => kubes.get(k.cluster).cloned(),
+        _ => None,
+    };
     let fleet = Arc::new(Fleet::new(
         &settings.clusters,
         kubes,
@@ -272,6 +277,7 @@ pub fn run(
                 acme,
                 resolver,
                 https_port: listen.port(),
+                kube: acme_kube,
             },
         ));
     }

@@ -187,6 +187,31 @@ pub(crate) fn builtin_defaults(kind: &KindInfo, obj: &mut Value) {
     }
 }
 
+/// `ValidateSecret` for the types that need keys, and on an update `ValidateSecretUpdate`'s
+/// immutable `type`. Run after the defaults, as the apiserver validates the decoded object
+/// (an update that leaves `type` out asks for `Opaque`).
+pub(crate) fn secret_errors(kind: &KindInfo, new: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if !(kind.group.is_empty() && kind.kind == "Secret") {
+        return errs;
+    }
+    let new_type = str_field(new, "type");
+    if let Some(old) = old {
+        if str_field(old, "type") != new_type {
+            errs.push(FieldError::invalid("type", new_type, "field is immutable"));
+        }
+    }
+    if new_type == "kubernetes.io/tls" {
+        let data = new.get("data").and_then(Value::as_object);
+        for key in ["tls.crt", "tls.key"] {
+            if !data.is_some_and(|d| d.contains_key(key)) {
+                errs.push(FieldError::required(&format!("data[{key}]"), ""));
+            }
+        }
+    }
+    errs
+}
+
 fn string_map_errors(meta: &Map<String, Value>, field: &str, errs: &mut Vec<FieldError>) {
     let path = format!("metadata.{field}");
     match meta.get(field) {

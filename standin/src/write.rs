@@ -155,6 +155,10 @@ pub(crate) fn create(state: &State, req: &Request, t: &Target) -> ApiResult<Repl
         }
     }
     objects::builtin_defaults(kind, &mut obj);
+    let errs = objects::secret_errors(kind, &obj, None);
+    if !errs.is_empty() {
+        return Err(invalid_for(kind, &name, &errs));
+    }
     objects::fill_new(kind, &mut obj);
 
     let key = ObjKey::new(kind.group, kind.plural, &t.namespace, &name);
@@ -372,6 +376,10 @@ pub(crate) fn apply_update(
         return Err(invalid_for(kind, &t.name, &errs));
     }
     objects::builtin_defaults(kind, &mut new);
+    let errs = objects::secret_errors(kind, &new, Some(old));
+    if !errs.is_empty() {
+        return Err(invalid_for(kind, &t.name, &errs));
+    }
 
     if new == *old {
         // A no-op write does not touch storage or the resourceVersion.

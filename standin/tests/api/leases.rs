@@ -144,3 +144,67 @@ async fn tls_secret_update_with_a_stale_resource_version_is_a_conflict() {
     let (_, v) = fx.get(&path, ADMIN_TOKEN).await;
     assert_eq!(v["data"]["tls.crt"], "bmV3");
 }
+
+#[tokio::test]
+async fn a_secrets_type_is_immutable_and_a_tls_secret_needs_both_keys() {
+    let fx = Fixture::new();
+    // Created empty, as a deployment creates the placeholder fluxgate fills in.
+    let placeholder = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "fluxgate-tls", "namespace": "flux-system"},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "", "tls.key": ""}
+    });
+    let (s, created) = send(
+        fx.req(Method::POST, SECRETS, Some(ADMIN_TOKEN))
+            .json(&placeholder),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let path = format!("{SECRETS}/fluxgate-tls");
+
+    // An update that leaves `type` out asks for Opaque, which a TLS Secret cannot become.
+    let mut untyped = created.clone();
+    untyped.as_object_mut().unwrap().remove("type");
+    let (s, v) = send(fx.req(Method::PUT, &path, Some(ADMIN_TOKEN)).json(&untyped)).await;
+    assert_eq!(s, 422, "{v}");
+    assert_status(&v, 422, "Invalid");
+    assert_eq!(
+        v["message"],
+        "Secret \"fluxgate-tls\" is invalid: type: Invalid value: \"Opaque\": field is immutable"
+    );
+
+    // Without tls.key, by update or by create.
+    let mut keyless = created.clone();
+    keyless["data"].as_object_mut().unwrap().remove("tls.key");
+    let (s, v) = send(fx.req(Method::PUT, &path, Some(ADMIN_TOKEN)).json(&keyless)).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["message"],
+        "Secret \"fluxgate-tls\" is invalid: data[tls.key]: Required value"
+    );
+    let mut other = placeholder.clone();
+    other["metadata"]["name"] = json!("other-tls");
+    other["data"] = json!({});
+    let (s, v) = send(
+        fx.req(Method::POST, SECRETS, Some(ADMIN_TOKEN))
+            .json(&other),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("data[tls.crt]: Required value"),
+        "{v}"
+    );
+
+    // Filled in with its type kept: accepted.
+    let mut filled = created.clone();
+    filled["data"] = json!({"tls.crt": "Y3J0", "tls.key": "a2V5"});
+    let (s, v) = send(fx.req(Method::PUT, &path, Some(ADMIN_TOKEN)).json(&filled)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["type"], "kubernetes.io/tls");
+}
