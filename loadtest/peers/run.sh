@@ -72,6 +72,15 @@ for s in $servers_used; do
     *) missing="$missing\n  $s: unknown server (nginx haproxy webhook fluxgate fluxgate-durable fluxgate-dev gateway)";;
   esac
 done
+# Every held idle connection is a descriptor in the server and in the client: raise the soft
+# limit to the hard one, and stop now if even that is too low.
+if has idle "$SECTIONS"; then
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null
+  fds=$(ulimit -n)
+  if [ "$fds" != unlimited ] && [ "$fds" -lt $((IDLE_CONNS + 200)) ]; then
+    missing="$missing\n  an open-file limit of $((IDLE_CONNS + 200)) for IDLE_CONNS=$IDLE_CONNS (ulimit -Hn is $fds)"
+  fi
+fi
 if [ -n "$missing" ]; then
   printf "run.sh: missing:$missing\n" >&2
   exit 1
