@@ -182,17 +182,19 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", 
 get() { awk -v k="$1" '$1 == k { print $2; exit }' "$results" 2>/dev/null; }
 
 port=19100
-echo "# loadtest/peers/run.sh $D $C — $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# fluxgate $("$FLUXGATE" --version 2>/dev/null | head -1) at $FLUXGATE; haproxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}')"
-echo "# servers on CPU 0; wrk, fluxgate-loadtest, the idle client and the stand-in API on CPU 1"
+# Plain markdown, so the whole output pastes into PERFORMANCE.md under a heading of its own.
+echo "\`loadtest/peers/run.sh $D $C\`, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average"
+echo "$(cut -d' ' -f1-3 /proc/loadavg) at the start; $("$FLUXGATE" --version 2>/dev/null | head -1) ($FLUXGATE), HAProxy"
+echo "$(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}'); servers on CPU 0; wrk, fluxgate-loadtest, the idle client and"
+echo "the stand-in API on CPU 1. Source: $(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)."
 if has fluxgate-durable "$SERVERS $FLOOD_SERVERS"; then
-  echo "# fluxgate-durable's relay.queue_dir is on $(df -T "$dir" | awk 'NR==2 {print $2 " (" $1 ")"}')"
+  echo "fluxgate-durable's relay.queue_dir is on $(df -T "$dir" | awk 'NR==2 {print $2 " (" $1 ")"}')."
 fi
 
 # ---------------------------------------------------------------------------------------------
 if has throughput "$SECTIONS"; then
   echo
-  echo "## Throughput: wrk -t1 -c$C -d${D}s, the 7.3 KB signed push (badsig: a wrong signature)"
+  echo "**Throughput**: wrk -t1 -c$C -d${D}s, the 7.3 KB signed push (badsig: a wrong signature)"
   echo
   echo "| server | scenario | req/s | p50 | p99 | non-2xx |"
   echo "|---|---|---:|---:|---:|---:|"
@@ -237,7 +239,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 if has idle "$SECTIONS"; then
   echo
-  echo "## Idle connections: $IDLE_CONNS TLS connections opened (handshake done, no request) and held"
+  echo "**Idle connections**: $IDLE_CONNS TLS connections opened (handshake done, no request) and held"
   echo
   echo "| server | held | RSS idle | RSS holding | above idle | per connection |"
   echo "|---|---:|---:|---:|---:|---:|"
@@ -271,14 +273,15 @@ fi
 if has flood "$SECTIONS"; then
   W=$FLOOD_WARMUP FD=$FLOOD_SECONDS
   echo
-  echo "## Flood: forged signatures from 200 addresses (fluxgate-loadtest --mix badsig=100 --sources 200"
-  echo "## -c $FLOOD_CONNS, closed loop, keep-alive, giving up on an answer after 2 s and reconnecting),"
-  echo "## and valid deliveries at 10/s from 127.0.0.1 (a new TLS connection each); ${W} s warm-up then"
-  echo "## ${FD} s measured. quiet: the valid deliveries alone. flood: penalty box off. boxed: on (20 failures a minute box an address for"
-  echo "## 10 min), boxed addresses' connections held: fluxgate's tarpit (its default settings),"
-  echo "## HAProxy's silent-drop (stick table; TCP_REPAIR as root). boxed-close: closed at once instead"
-  echo "## (fluxgate: tarpit_connections = 0; HAProxy: reject)."
-  echo "## CPU: the server's user+system time over the measured ${FD} s, in % of one core."
+  echo "**Flood**: forged signatures from 200 addresses (fluxgate-loadtest --mix badsig=100 --sources 200"
+  echo "-c $FLOOD_CONNS, closed loop, keep-alive, giving up on an answer after 2 s and reconnecting),"
+  echo "and valid deliveries at 10/s from 127.0.0.1 (a new TLS connection each); ${W} s warm-up then"
+  echo "${FD} s measured. quiet: the valid deliveries alone. flood: penalty box off. boxed: on"
+  echo "(20 failures a minute box an address for 10 min), boxed addresses' connections held:"
+  echo "fluxgate's tarpit (its default settings), HAProxy's silent-drop (stick table; TCP_REPAIR"
+  echo "as root). boxed-close: closed at once instead (fluxgate: tarpit_connections = 0; HAProxy:"
+  echo "reject)."
+  echo "CPU: the server's user+system time over the measured ${FD} s, in % of one core."
   echo
   echo "| server | scenario | flood 401/s | flood 429/s | flood closed/s | valid sent | valid 2xx | valid p50 | valid p99 | server CPU |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -347,7 +350,7 @@ fi
 # Issue 20's targets, each from this run's rows: paste into PERFORMANCE.md. One column per
 # fluxgate row, each with its own verdict; HAProxy's figure of the same run beside it.
 echo
-echo "## Targets (issue 20), this run"
+echo "**Targets (issue 20)**, this run:"
 echo
 echo "| target | fluxgate | met? | fluxgate-durable | met? |"
 echo "|---|---|---|---|---|"
