@@ -8,6 +8,7 @@ use fluxgate::config::LimitSettings;
 use fluxgate::guard::cidr::{parse_net, IpSet};
 use fluxgate::guard::rate::{FailurePolicy, Rate};
 use fluxgate::guard::replay::{Claim, Mark};
+use fluxgate::guard::tarpit::TarpitPolicy;
 use fluxgate::guard::{client_ip, ranges, Guard};
 use http::{HeaderMap, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -200,6 +201,10 @@ fn default_limits() -> LimitSettings {
             limit: 20,
             window: Duration::from_secs(60),
             block_for: Duration::from_secs(600),
+        }),
+        tarpit: Some(TarpitPolicy {
+            max: 1024,
+            hold: Duration::from_secs(30),
         }),
         max_connections_per_ip: 64,
         replay_cache_entries: 100_000,

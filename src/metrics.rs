@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Connections closed before the TLS handshake, by reason.
     pub connections_refused: IntCounterVec,
     pub open_connections: IntGauge,
+    /// Connections from boxed addresses held in the tarpit now.
+    pub tarpit_connections: IntGauge,
     /// Bytes of bodies held in full across requests in flight, against `limits.body_memory_bytes`.
     pub body_memory: IntGauge,
     /// Every connection on the hook listener, from accept on (what `server.max_connections`
@@ -87,6 +89,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         open_connections: register_int_gauge!(
             "fluxgate_open_connections",
             "Connections open on the hook listener after the TLS handshake."
+        )?,
+        tarpit_connections: register_int_gauge!(
+            "fluxgate_tarpit_connections",
+            "Connections from addresses in the penalty box held without a handshake now."
         )?,
         body_memory: register_int_gauge!(
             "fluxgate_body_memory_bytes",
@@ -245,6 +251,7 @@ pub fn init_series(receivers: &[ReceiverSeries<'_>], range_sets: &[&str]) {
     for reason in [
         "not_allowed",
         "blocked",
+        "tarpitted",
         "too_many_connections",
         "connection_limit",
     ] {

@@ -180,6 +180,19 @@ fn several_problems_are_reported_together() {
 }
 
 #[test]
+fn the_tarpit_is_bounded() {
+    let s = Setup::new().section("[limits]\ntarpit_connections = 100000\ntarpit_for = \"soon\"");
+    let r = receiver(&s, "r", "github", "t", APP);
+    fails_with(
+        s.receiver(&r),
+        &[
+            "limits.tarpit_connections: at most 65536",
+            "limits.tarpit_for: \"soon\" is not a duration",
+        ],
+    );
+}
+
+#[test]
 fn environment_overrides_are_validated_too() {
     let s = Setup::new();
     let r = receiver(&s, "r", "github", "t", APP);

@@ -271,8 +271,9 @@ async fn the_per_receiver_limit_counts_verified_deliveries_only() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_bad_signatures_block_the_address_while_others_keep_working() {
+    // Closed at once, without the tarpit (see the next test).
     let s = Setup::new().section(
-        "[limits]\nblock_after_failures = 3\nfailure_window = \"1m\"\nblock_for = \"10m\"",
+        "[limits]\nblock_after_failures = 3\nfailure_window = \"1m\"\nblock_for = \"10m\"\ntarpit_connections = 0",
     );
     let a = github(&s, "a", "ka", "");
     let gw = s.receiver(&a).start();
@@ -329,6 +330,117 @@ async fn repeated_bad_signatures_block_the_address_while_others_keep_working() {
         .await;
     assert_eq!(st, 200, "{text}");
     assert!(gw.metric("fluxgate_connections_refused_total{reason=\"blocked\"}") >= 1.0);
+}
+
+/// A TLS handshake from `source`: `Err` when the gateway closes the connection before it
+/// completes.
+async fn handshake_from(
+    port: u16,
+    cert_pem: &str,
+    source: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    install_crypto();
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{source}:0").parse().unwrap())?;
+    let tcp = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boxed_address_is_closed_on_its_open_connection_and_held_in_the_tarpit() {
+    let s = Setup::new().section(
+        "[limits]\nblock_after_failures = 3\nfailure_window = \"1m\"\nblock_for = \"10m\"\ntarpit_connections = 1\ntarpit_for = \"3s\"",
+    );
+    let a = github(&s, "a", "ka", "");
+    let gw = s.receiver(&a).start();
+    let cert = gw.setup.cert_pem.clone();
+    let body = fixture("github/push.json");
+    let pa = hook("ka", "a", "flux-system");
+    // A connection opened before the address is boxed.
+    let mut open = handshake_from(gw.port, &cert, "127.0.0.9").await.unwrap();
+    for _ in 0..3 {
+        let h = signed("wrong", &body, &uid());
+        let (st, _, _) = gw
+            .post_from("127.0.0.9", &pa, &refs(&h), body.clone())
+            .await;
+        assert_eq!(st, 401);
+    }
+    // On it, the next request is refused and the connection closed, even a valid one: kept
+    // open, a flood would go on at full speed on it.
+    let mut req = format!(
+        "POST {pa} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in signed("ka", &body, &uid()) {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    open.write_all(req.as_bytes()).await.unwrap();
+    open.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), open.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains("address blocked after repeated failures"),
+        "{answer}"
+    );
+
+    // A new connection is accepted and held: no handshake, nothing closed, while the tarpit
+    // has room (one place here).
+    let held = tokio::spawn({
+        let cert = cert.clone();
+        let port = gw.port;
+        async move { handshake_from(port, &cert, "127.0.0.9").await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!held.is_finished(), "the boxed connection is held");
+    assert_eq!(gw.metric("fluxgate_tarpit_connections"), 1.0);
+    // The tarpit is full: the next one is closed at once.
+    let closed = tokio::time::timeout(
+        Duration::from_secs(2),
+        handshake_from(gw.port, &cert, "127.0.0.9"),
+    )
+    .await
+    .expect("closed at once, not held");
+    assert!(closed.is_err());
+    assert!(gw.metric("fluxgate_connections_refused_total{reason=\"blocked\"}") >= 1.0);
+    assert_eq!(
+        gw.metric("fluxgate_connections_refused_total{reason=\"tarpitted\"}"),
+        1.0
+    );
+    // Another sender is served meanwhile.
+    let (st, text, _) = gw
+        .post_from(
+            "127.0.0.2",
+            &pa,
+            &refs(&signed("ka", &body, &uid())),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(st, 200, "{text}");
+    // The hold is bounded: the held connection is closed, never handshaken, and its place
+    // given back.
+    let ended = tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .expect("the hold ends")
+        .unwrap();
+    assert!(ended.is_err(), "no handshake for a boxed address");
+    assert_eq!(gw.metric("fluxgate_tarpit_connections"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -258,3 +258,52 @@ fn the_fleet_benchmark_runs_its_scenarios() {
         "{table}"
     );
 }
+
+/// `loadtest/peers/run.sh`'s fluxgate: its configuration template, filled as run.sh fills it
+/// (penalty box on and off, tarpit on and off, in-memory and durable queue), passes `fluxgate
+/// check` against the stand-in API of `fluxgate-standin`, which lets it patch every target.
+#[test]
+fn the_peer_benchmark_configuration_passes_check_against_its_standin() {
+    let s = Setup::new();
+    let dir = s.dir.path();
+    let _api = fluxgate_loadtest::standin::start(&dir.join("kubeconfig")).unwrap();
+    std::fs::write(dir.join("token"), SECRET).unwrap();
+    owner_only(&dir.join("token"));
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("loadtest/peers/fluxgate.toml.in"),
+    )
+    .unwrap();
+    let queue = format!("queue_dir = \"{}/queue\"", dir.display());
+    for (block, tarpit, queue) in [
+        ("0", "", ""),
+        ("20", "", queue.as_str()),
+        ("20", "tarpit_connections = 0", ""),
+    ] {
+        let config = template
+            .replace("@PORT@", "19443")
+            .replace("@ADMIN_PORT@", "20443")
+            .replace("@CERT@", &dir.join("tls.crt").display().to_string())
+            .replace("@KEY@", &dir.join("tls.key").display().to_string())
+            .replace("@DIR@", &dir.display().to_string())
+            .replace("@HEAD_TIMEOUT@", "5s")
+            .replace("@QUEUE@", queue)
+            .replace("@BLOCK_AFTER@", block)
+            .replace("@TARPIT@", tarpit);
+        assert!(!config.contains('@'), "a placeholder left: {config}");
+        let path = dir.join("fluxgate.toml");
+        std::fs::write(&path, &config).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{config}\n{text}");
+        assert!(
+            text.contains("may patch GitRepository flux-system/podinfo")
+                && text.contains("may patch Kustomization flux-system/*"),
+            "{text}"
+        );
+    }
+}

@@ -124,6 +124,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ),
     ("fluxgate_connections_refused_total", "counter", &["reason"]),
     ("fluxgate_open_connections", "gauge", &[]),
+    ("fluxgate_tarpit_connections", "gauge", &[]),
     ("fluxgate_connections", "gauge", &[]),
     ("fluxgate_connection_limit", "gauge", &[]),
     ("fluxgate_idle_connections_closed_total", "counter", &[]),

@@ -6,8 +6,12 @@ Usage: idle-connections.py HOST:PORT PID [N] [SOURCES]
   PID      the gateway's process id, whose VmRSS is read from /proc
   N        connections to hold (default 10000)
   SOURCES  spread them over this many 127.0.0.0/8 source addresses (default 50)
+
+The last line is for scripts (run.sh): "result held=N failed=N before_kib=N holding_kib=N
+after_kib=N".
 """
 import asyncio
+import resource
 import ssl
 import sys
 import time
@@ -26,6 +30,13 @@ async def main():
     pid = int(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 10000
     sources = int(sys.argv[4]) if len(sys.argv) > 4 else 50
+    # One descriptor per held connection: the soft limit (often 1024) is raised to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < n + 100:
+        raise SystemExit(f"the open-file limit ({soft}) is too low for {n} connections")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -61,6 +72,10 @@ async def main():
         f"gateway RSS: before {before / 1024:.1f} MiB, holding {during / 1024:.1f} MiB, "
         f"after closing {after / 1024:.1f} MiB; "
         f"{(during - before) * 1024 / max(len(held), 1):.0f} bytes per connection"
+    )
+    print(
+        f"result held={len(held)} failed={failed} before_kib={before} holding_kib={during} "
+        f"after_kib={after}"
     )
 
 

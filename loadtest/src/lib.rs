@@ -29,6 +29,7 @@ pub mod request;
 pub mod run;
 pub mod signing;
 pub mod sources;
+pub mod standin;
 pub mod stats;
 pub mod target;
 pub mod tls;

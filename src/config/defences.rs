@@ -1,10 +1,11 @@
 //! The `[limits]` and `[ranges.NAME]` sections, and receivers' `allow_from`.
 
-use super::{duration, Problems};
+use super::{duration, duration_or_off, Problems};
 use crate::guard::allow::AllowList;
 use crate::guard::cidr::{parse_net, IpSet};
 use crate::guard::ranges::{self, RangeSet, RangeSets, Source};
 use crate::guard::rate::{FailurePolicy, Rate};
+use crate::guard::tarpit::TarpitPolicy;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub(super) struct RawLimits {
     failure_window: Option<String>,
     block_for: Option<String>,
     max_connections_per_ip: Option<u32>,
+    tarpit_connections: Option<usize>,
+    tarpit_for: Option<String>,
     replay_cache_entries: Option<usize>,
     body_memory_bytes: Option<u64>,
 }
@@ -43,6 +46,9 @@ pub struct LimitSettings {
     /// receiver's budget and lock its real sender out.
     pub per_receiver: Option<Rate>,
     pub failures: Option<FailurePolicy>,
+    /// New connections from boxed addresses held at once, at most, and for how long each
+    /// (see [`crate::guard::tarpit`]); `None`: they are closed at once.
+    pub tarpit: Option<TarpitPolicy>,
     /// 0 means no limit.
     pub max_connections_per_ip: u32,
     pub replay_cache_entries: usize,
@@ -99,6 +105,7 @@ pub(super) fn limits(raw: RawLimits, p: &mut Problems) -> LimitSettings {
             ),
         }),
     };
+    let tarpit = tarpit(raw.tarpit_connections, raw.tarpit_for.as_deref(), p);
     let body_memory_bytes = raw.body_memory_bytes.unwrap_or(DEFAULT_BODY_MEMORY_BYTES);
     if body_memory_bytes == 0 {
         p.add(
@@ -110,11 +117,36 @@ pub(super) fn limits(raw: RawLimits, p: &mut Problems) -> LimitSettings {
         per_ip,
         per_receiver,
         failures,
+        tarpit,
         max_connections_per_ip: raw.max_connections_per_ip.unwrap_or(64),
         replay_cache_entries: raw.replay_cache_entries.unwrap_or(100_000).max(1),
         body_memory_bytes,
     }
 }
+
+/// The tarpit for boxed addresses: 1,024 connections held for 30 s by default, none with
+/// `tarpit_connections = 0` or `tarpit_for = "0s"`.
+fn tarpit(
+    connections: Option<usize>,
+    hold: Option<&str>,
+    p: &mut Problems,
+) -> Option<TarpitPolicy> {
+    let max = connections.unwrap_or(1024);
+    if max > MAX_TARPIT_CONNECTIONS {
+        p.add(
+            "limits.tarpit_connections",
+            format!(
+                "at most {MAX_TARPIT_CONNECTIONS}: each held connection keeps a file descriptor"
+            ),
+        );
+    }
+    let hold = duration_or_off("limits.tarpit_for", hold, Duration::from_secs(30), p);
+    (max > 0 && !hold.is_zero()).then_some(TarpitPolicy { max, hold })
+}
+
+/// Far above any flood a host sees from distinct boxed addresses at once, far below the
+/// open-file limits a gateway runs with.
+const MAX_TARPIT_CONNECTIONS: usize = 65_536;
 
 /// Builds every configured range set, plus the built-in ones a receiver names without
 /// configuring them.

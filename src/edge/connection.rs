@@ -1,12 +1,14 @@
 //! Connections on the public listener: refused before the TLS handshake when no receiver
-//! would take the address, counted per address while they are open, and capped all together
-//! (`server.max_connections`), the connection idle the longest making room for a new one.
+//! would take the address, held in the tarpit when the address is in the penalty box, counted
+//! per address while they are open, and capped all together (`server.max_connections`), the
+//! connection idle the longest making room for a new one.
 
 use super::hook::HookApp;
 use super::live::Live;
 use super::tls_stream::{peer_ip, TlsConn};
 use crate::config::Receiver;
 use crate::guard::cidr::canonical;
+use crate::guard::tarpit;
 use crate::metrics;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -23,7 +25,9 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 /// Runs after `accept` and before TLS: an address no receiver allows, one in the penalty box,
-/// or one already holding its share of connections costs no handshake.
+/// or one already holding its share of connections costs no handshake. A boxed address's
+/// connection is let through only to be held in the tarpit (see [`HookServer`]), while it has
+/// room.
 pub struct EdgeFilter {
     pub live: Arc<Live>,
     pub acme: Option<Arc<crate::acme::Acme>>,
@@ -58,7 +62,7 @@ impl ConnectionFilter for EdgeFilter {
             return true;
         }
         if rt.guard.blocked(ip).is_some() {
-            return Self::refuse("blocked");
+            return rt.guard.tarpit.has_room() || Self::refuse("blocked");
         }
         if rt.guard.connections.at_limit(ip) {
             return Self::refuse("too_many_connections");
@@ -136,8 +140,17 @@ impl Capacity {
     /// A place for a new connection: a free one, or one that the connection idle the longest
     /// gives up (it is closed); `None` when every connection is busy.
     fn admit(self: &Arc<Self>) -> Option<Held> {
+        self.take(true)
+    }
+
+    /// A free place only, never one an idle connection gives up.
+    fn admit_spare(self: &Arc<Self>) -> Option<Held> {
+        self.take(false)
+    }
+
+    fn take(self: &Arc<Self>, evict: bool) -> Option<Held> {
         let before = self.open.fetch_add(1, SeqCst);
-        if self.limit != 0 && before >= self.limit && !self.close_oldest_idle() {
+        if self.limit != 0 && before >= self.limit && !(evict && self.close_oldest_idle()) {
             self.open.fetch_sub(1, SeqCst);
             return None;
         }
@@ -266,6 +279,22 @@ impl Drop for Held {
     }
 }
 
+/// Counts a connection in the tarpit for as long as it is held, however its hold ends.
+struct HeldGauge;
+
+impl HeldGauge {
+    fn new() -> Self {
+        metrics::get().tarpit_connections.inc();
+        HeldGauge
+    }
+}
+
+impl Drop for HeldGauge {
+    fn drop(&mut self) {
+        metrics::get().tarpit_connections.dec();
+    }
+}
+
 struct OpenConnection;
 
 impl OpenConnection {
@@ -288,9 +317,14 @@ impl ServerApp for HookServer {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let peer = peer_ip(&stream);
+        if let Some(ip) = peer.filter(|ip| self.boxed(*ip)) {
+            // In the penalty box: the filter let it through only to be held here.
+            Box::pin(self.tarpit(stream, ip, shutdown)).await;
+            return None;
+        }
         // A stop waits for a new connection's first request (see drain), not for an idle one.
         let mut opening = Some(super::drain::Busy::enter());
-        let peer = peer_ip(&stream);
         let Some(held) = self.capacity.admit() else {
             metrics::get()
                 .connections_refused
@@ -340,6 +374,53 @@ impl ServerApp for HookServer {
                 s.apply_to_session(&mut session);
             }
         }
+    }
+}
+
+impl HookServer {
+    /// Whether `ip` is in the penalty box for every receiver (a trusted proxy never is).
+    fn boxed(&self, ip: IpAddr) -> bool {
+        let rt = self.app.live.get();
+        !rt.guard.is_trusted(ip) && rt.guard.blocked(ip).is_some()
+    }
+
+    /// Holds a boxed address's connection without a handshake, so its sender waits for its own
+    /// timeout instead of reconnecting at once: until the sender closes it, sends more than a
+    /// ClientHello's worth, the hold ends, a stop begins or a new connection needs its place
+    /// under the cap. Closed at once when the tarpit or the cap has no room. Boxed, not awaited
+    /// inline: its read buffer is no part of every connection's task.
+    async fn tarpit(&self, mut stream: Stream, ip: IpAddr, shutdown: &ShutdownWatch) {
+        use tokio::io::AsyncReadExt;
+        let rt = self.app.live.get();
+        let place = rt.guard.tarpit.hold();
+        drop(rt);
+        // Only a free place under the cap: a held connection never closes a client's idle one.
+        let (Some(place), Some(held)) = (place, self.capacity.admit_spare()) else {
+            EdgeFilter::refuse("blocked");
+            return;
+        };
+        EdgeFilter::refuse("tarpitted");
+        let _gauge = HeldGauge::new();
+        // Idle from the start: the first to give way when the cap is reached.
+        held.activity.between_requests();
+        held.activity.client_silent();
+        let mut shutdown = shutdown.clone();
+        let mut buf = [0u8; 1024];
+        let mut read = 0;
+        let end = tokio::time::sleep(place.hold);
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                r = stream.read(&mut buf) => match r {
+                    Ok(n) if n > 0 && read + n <= tarpit::MAX_READ => read += n,
+                    _ => break,
+                },
+                () = &mut end => break,
+                () = held.activity.evicted.notified() => break,
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::debug!(client = %ip, "tarpit: boxed connection held, now closed");
     }
 }
 

@@ -219,7 +219,7 @@ impl HookApp {
         // Looked up first so refusals below are counted against the receiver they aimed at;
         // an unknown path is still limited like any request before it is answered.
         let route = route(rt, s, log);
-        guards(rt, who, route.as_deref())?;
+        guards(rt, who, peer, route.as_deref())?;
         let receiver = known(rt, route, who)?;
         admitted(&receiver, client)?;
         let cap = BodyCap::of(rt.limits.max_body_bytes, &receiver);
@@ -660,14 +660,23 @@ fn route(rt: &Runtime, s: &ServerSession, log: &mut Delivery) -> Option<Arc<Rece
 
 /// The penalty box (address-wide, or for this receiver only when the address is a
 /// provider's) and the per-address rate, for every request, known path or not.
-fn guards(rt: &Runtime, who: Client, route: Option<&Receiver>) -> Phase<()> {
+fn guards(rt: &Runtime, who: Client, peer: IpAddr, route: Option<&Receiver>) -> Phase<()> {
     if let Some(wait) = rt.guard.blocked_for(who, route.map(|r| r.id)) {
-        return Err(Answer::refused(&Refusal::new(
+        let answer = Answer::refused(&Refusal::new(
             429,
             Cause::Blocked,
             "address blocked after repeated failures",
         ))
-        .retry_after(retry_after_secs(wait)));
+        .retry_after(retry_after_secs(wait));
+        // Boxed for everything, and the connection is its own (not a proxy's): kept open, it
+        // would go on sending at full speed, each request read and refused. Closed, it meets
+        // the accept-time refusal (the tarpit) like its new connections.
+        let own = matches!(who, Client::Addr(ip) if ip == peer);
+        return Err(if own && rt.guard.blocked(peer).is_some() {
+            answer.closing()
+        } else {
+            answer
+        });
     }
     if let Err(wait) = rt.guard.check_ip(who) {
         return Err(Answer::refused(&Refusal::new(

@@ -9,6 +9,7 @@ pub mod client_ip;
 pub mod ranges;
 pub mod rate;
 pub mod replay;
+pub mod tarpit;
 
 use crate::config::LimitSettings;
 use budget::BodyBudget;
@@ -20,6 +21,7 @@ use replay::Replays;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tarpit::Tarpit;
 
 /// The shared state of the defences, consulted by the connection filter and every request.
 /// A reload builds a new `Guard` that keeps the old one's state wherever its settings did not
@@ -29,6 +31,8 @@ pub struct Guard {
     per_receiver: Option<Arc<(Rate, Limiter<u32>)>>,
     failures: Option<Arc<(FailurePolicy, PenaltyBox)>>,
     pub connections: Arc<Connections>,
+    /// Where boxed addresses' new connections are held; kept across reloads.
+    pub tarpit: Arc<Tarpit>,
     pub replays: Arc<Replays>,
     /// Bytes of bodies held in full across requests in flight; kept across reloads.
     pub bodies: Arc<BodyBudget>,
@@ -68,6 +72,7 @@ impl Guard {
                 PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: Arc::new(Connections::new(limits.max_connections_per_ip)),
+            tarpit: Tarpit::new(limits.tarpit),
             replays: Arc::new(Replays::new(limits.replay_cache_entries)),
             bodies: BodyBudget::new(limits.body_memory_bytes, report_body_memory),
             trusted,
@@ -77,6 +82,7 @@ impl Guard {
     /// The guard for new settings, carrying this one's state over where it still applies.
     pub fn reconfigure(&self, limits: &LimitSettings, trusted: IpSet) -> Self {
         self.connections.set_max(limits.max_connections_per_ip);
+        self.tarpit.set_policy(limits.tarpit);
         self.replays.set_capacity(limits.replay_cache_entries);
         self.bodies.set_limit(limits.body_memory_bytes);
         Guard {
@@ -90,6 +96,7 @@ impl Guard {
                 PenaltyBox::new(f, MAX_TRACKED_FAILURES)
             }),
             connections: self.connections.clone(),
+            tarpit: self.tarpit.clone(),
             replays: self.replays.clone(),
             bodies: self.bodies.clone(),
             trusted,
