@@ -27,7 +27,7 @@ fn objects() -> Vec<serde_json::Value> {
 /// A bearer token nobody can guess, as a real service account's would be.
 fn token() -> Result<String, String> {
     let mut buf = [0u8; 32];
-    rustls::crypto::ring::default_provider()
+    rustls::crypto::aws_lc_rs::default_provider()
         .secure_random
         .fill(&mut buf)
         .map_err(|_| "no system randomness".to_string())?;
